@@ -1,0 +1,383 @@
+"""The ``hookline`` command: one subcommand per component, plus the operator's tools.
+
+    hookline receiver | dispatcher | operator   run a component (configured by HOOKLINE_*)
+    hookline dev [--endpoints DIR]              the local stack: redis, receiver, dispatcher, sink
+    hookline send --key KEY [--data ...]        post a test webhook
+    hookline dlq list | show ID | replay ...    the dead letter
+    hookline endpoints                          endpoints and their delivery figures
+
+This is the entry point, so it is the one place that builds the real
+dependencies (Redis client, body store, HTTP session) and hands them to the
+components.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from hookline import config as config_mod
+from hookline.bodies import BodyStore, FilesystemBodyStore
+from hookline.config import Config
+from hookline.errors import HooklineError
+from hookline.metrics import Metrics
+from hookline.queue import Queue
+from hookline.registry import Registry, RegistryCache
+
+log = logging.getLogger("hookline")
+
+
+# -- wiring
+
+
+def redis_client(config: Config) -> aioredis.Redis:
+    return aioredis.from_url(
+        config.redis_url,
+        socket_connect_timeout=config.redis_timeout,
+        # Above the 1 s XREADGROUP block, so a blocking read is not taken for a dead link.
+        socket_timeout=config.redis_timeout + 1.0,
+        health_check_interval=15,
+    )
+
+
+def body_store(config: Config) -> BodyStore:
+    if config.body_store == "gcs":
+        raise HooklineError("HOOKLINE_BODY_STORE=gcs is not available in this build")
+    return FilesystemBodyStore(config.body_dir)
+
+
+def client_session(config: Config) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=config.concurrency, limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    )
+
+
+async def receiver_main(config: Config, stop: asyncio.Event) -> None:
+    from hookline.receiver import create_app, serve
+
+    redis = redis_client(config)
+    bodies = body_store(config)
+    registry = Registry(redis, config.prefix)
+    queue = Queue(redis, config.prefix, config.idempotency_ttl)
+    app = create_app(
+        config, RegistryCache(registry, config.registry_refresh), queue, bodies, Metrics()
+    )
+    try:
+        await serve(app, config.receiver_host, config.receiver_port, stop)
+    finally:
+        await bodies.close()
+        await redis.aclose()
+
+
+async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
+    from aiohttp import web
+
+    from hookline.dispatcher import Dispatcher
+    from hookline.http import json_errors, probe_routes, serve
+
+    redis = redis_client(config)
+    bodies = body_store(config)
+    registry = Registry(redis, config.prefix)
+    queue = Queue(redis, config.prefix)
+    cache = RegistryCache(registry, config.registry_refresh)
+    metrics = Metrics()
+    session = client_session(config)
+    dispatcher = Dispatcher(config, cache, registry, queue, bodies, metrics, session)
+
+    async def ready() -> str | None:
+        if not cache.loaded.is_set():
+            return "endpoint registry not loaded"
+        try:
+            await redis.ping()
+        except Exception as exc:  # any failure to answer means not ready
+            return f"redis: {exc}"
+        return None
+
+    tasks = [asyncio.create_task(dispatcher.run(stop))]
+    if config.dispatcher_port:
+        probes = web.Application(middlewares=[json_errors])
+        probes.add_routes(probe_routes(metrics, ready))
+        tasks.append(
+            asyncio.create_task(serve(probes, config.dispatcher_host, config.dispatcher_port, stop))
+        )
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await session.close()
+        await bodies.close()
+        await redis.aclose()
+
+
+# -- the local stack
+
+
+async def _redis_answers(url: str) -> bool:
+    client = aioredis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        await client.ping()
+        return True
+    except (OSError, aioredis.RedisError):
+        return False
+    finally:
+        await client.aclose()
+
+
+def start_redis(url: str, folder: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server with AOF on, for the local stack."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise HooklineError("redis-server is not installed (make dev installs it: apt-get)")
+    parts = urlsplit(url)
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [exe, "--port", str(parts.port or 6379), "--bind", parts.hostname or "127.0.0.1",
+         "--dir", str(folder), "--appendonly", "yes", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C stops the stack first, then we stop redis
+    )
+
+
+async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port: int) -> None:
+    from hookline.http import serve
+    from hookline.manifests import load_endpoints
+    from hookline.sink import create_sink
+
+    redis_proc = None
+    if not await _redis_answers(config.redis_url):
+        redis_proc = start_redis(config.redis_url, Path("var/redis"))
+        for _ in range(50):
+            if await _redis_answers(config.redis_url):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise HooklineError(f"redis-server did not start at {config.redis_url}")
+        print(f"started redis-server at {config.redis_url} (data in var/redis)")
+    redis = redis_client(config)
+    registry = Registry(redis, config.prefix)
+    loaded = load_endpoints(endpoints_dir, config)
+    for item in loaded:
+        await registry.put(item.endpoint)
+    sink_secrets = {urlsplit(i.endpoint.url).path: i.signing_secret for i in loaded}
+    tasks = [
+        asyncio.create_task(serve(create_sink(sink_secrets), "127.0.0.1", sink_port, stop)),
+        asyncio.create_task(receiver_main(config, stop)),
+        asyncio.create_task(dispatcher_main(config, stop)),
+    ]
+    await asyncio.sleep(0.5)
+    base = f"http://127.0.0.1:{config.receiver_port}"
+    print(f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
+          f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}")
+    for item in loaded:
+        print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
+    if loaded:
+        print("\nSend one:\n  curl -i -X POST " + base + "/webhooks/send "
+              f"-H 'X-WH-Endpoint-Key: {loaded[0].key}' -H 'Content-Type: application/json' "
+              "-d '{\"type\":\"demo\",\"hello\":\"world\"}'\n", flush=True)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await redis.aclose()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+
+
+# -- tools
+
+
+async def send_main(args: argparse.Namespace) -> int:
+    headers = {"X-WH-Endpoint-Key": args.key, "Content-Type": args.content_type}
+    for h in args.header or []:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    data = Path(args.file).read_bytes() if args.file else args.data.encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(args.url.rstrip("/") + "/webhooks/send", data=data,
+                                headers=headers) as resp:
+            print(resp.status, await resp.text())
+            return 0 if resp.status < 300 else 1
+
+
+async def dlq_main(config: Config, args: argparse.Namespace) -> int:
+    redis = redis_client(config)
+    queue = Queue(redis, config.prefix)
+    registry = Registry(redis, config.prefix)
+    try:
+        since = time.time() - _duration(args.since) if getattr(args, "since", None) else None
+        if args.action == "list":
+            for letter in await queue.dead_letters(since, args.endpoint, args.limit):
+                wh = letter.webhook
+                print(f"{letter.id}  {wh.id}  {wh.endpoint}  attempts={wh.attempt}  "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(letter.at))}  "
+                      f"{letter.reason}")
+            return 0
+        if args.action == "show":
+            letter = await queue.dead_letter(args.id)
+            if letter is None:
+                print(f"no dead letter {args.id}", file=sys.stderr)
+                return 1
+            wh = letter.webhook
+            print(json.dumps({
+                "dead_letter_id": letter.id, "id": wh.id, "endpoint": wh.endpoint,
+                "reason": letter.reason, "pool": letter.pool, "attempts": wh.attempt,
+                "dead_at": letter.at, "created_at": wh.created_ms / 1000, "headers": wh.headers,
+                "size": wh.size, "body_ref": wh.body_ref,
+                "body": wh.body.decode("utf-8", "replace") if wh.body_ref is None else None,
+            }, indent=2))
+            return 0
+        # replay
+        letters = []
+        if args.ids:
+            for ident in args.ids:
+                letter = await queue.dead_letter(ident)
+                if letter is None:
+                    print(f"no dead letter {ident}", file=sys.stderr)
+                    return 1
+                letters.append(letter)
+        else:
+            letters = await queue.dead_letters(since, args.endpoint, 1_000_000)
+        replayed = 0
+        for letter in letters:
+            endpoint = await registry.get(letter.webhook.endpoint)
+            pool = endpoint.pool if endpoint else letter.pool
+            replayed += await queue.replay(letter, pool)
+        print(f"replayed {replayed} webhook(s)")
+        return 0
+    finally:
+        await redis.aclose()
+
+
+async def endpoints_main(config: Config) -> int:
+    redis = redis_client(config)
+    registry = Registry(redis, config.prefix)
+    queue = Queue(redis, config.prefix)
+    try:
+        disabled = await registry.disabled()
+        rows = [("ENDPOINT", "POOL", "DELIVERED", "FAILED", "DEAD", "STATE", "URL")]
+        for ep in sorted((await registry.all()).values(), key=lambda e: e.id):
+            s = await queue.stats(ep.id)
+            state = "disabled" if ep.id in disabled else ("paused" if ep.paused else "active")
+            rows.append((ep.id, ep.pool, s.get("delivered", "0"), s.get("failed", "0"),
+                         s.get("dead", "0"), state, ep.url))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+# -- main
+
+
+def _run(factory: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a component under uvloop (when installed) until SIGTERM or SIGINT."""
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await factory(stop)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hookline", description="A Kubernetes-native webhook relay.")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("receiver", help="run the ingest service")
+    sub.add_parser("dispatcher", help="run a delivery worker for HOOKLINE_POOL")
+    sub.add_parser("operator", help="run the Kubernetes operator")
+    dev = sub.add_parser("dev", help="run the local stack")
+    dev.add_argument("--endpoints", default="examples/endpoints")
+    dev.add_argument("--sink-port", type=int, default=9000)
+    send = sub.add_parser("send", help="post a test webhook")
+    send.add_argument("--url", default="http://127.0.0.1:8080")
+    send.add_argument("--key", required=True)
+    send.add_argument("--data", default='{"type":"test","hello":"world"}')
+    send.add_argument("--file")
+    send.add_argument("--content-type", default="application/json")
+    send.add_argument("--header", action="append", help="NAME: VALUE, repeatable")
+    send.add_argument("--idempotency-key")
+    dlq = sub.add_parser("dlq", help="list, show and replay dead letters")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+    lst = dsub.add_parser("list")
+    lst.add_argument("--endpoint")
+    lst.add_argument("--since", help="e.g. 30m, 2h, 7d")
+    lst.add_argument("--limit", type=int, default=100)
+    show = dsub.add_parser("show")
+    show.add_argument("id", help="a dead-letter id or a webhook id")
+    rep = dsub.add_parser("replay")
+    rep.add_argument("ids", nargs="*")
+    rep.add_argument("--endpoint")
+    rep.add_argument("--since")
+    sub.add_parser("endpoints", help="endpoints and their delivery figures")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_mod.load()
+        if args.command == "receiver":
+            _run(lambda stop: receiver_main(config, stop))
+        elif args.command == "dispatcher":
+            _run(lambda stop: dispatcher_main(config, stop))
+        elif args.command == "operator":
+            from hookline.operator import run as run_operator  # type: ignore[attr-defined]
+
+            return int(run_operator(config))
+        elif args.command == "dev":
+            _run(lambda stop: dev_main(config, stop, args.endpoints, args.sink_port))
+        elif args.command == "send":
+            return int(_run(lambda _stop: send_main(args)))
+        elif args.command == "dlq":
+            return int(_run(lambda _stop: dlq_main(config, args)))
+        elif args.command == "endpoints":
+            return int(_run(lambda _stop: endpoints_main(config)))
+    except HooklineError as exc:
+        print(f"hookline: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The one place hookline reads its environment.
+
+Every setting is a ``HOOKLINE_*`` variable, read once by :func:`load` into the
+frozen :class:`Config`; everything else receives the object it needs. A bad
+value raises :class:`~hookline.errors.InvalidSpec` naming the variable, so a
+misconfigured pod fails at start with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hookline.errors import InvalidSpec
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings; the environment variable is ``HOOKLINE_`` + the field name in capitals."""
+
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding registry, queues, stats")
+    prefix: str = _setting("hookline", "prefix of every Redis key, so several installs can share")
+    redis_timeout: float = _setting(2.0, "seconds before a Redis call counts as failed")
+
+    # receiver
+    receiver_host: str = _setting("0.0.0.0", "receiver listen address")
+    receiver_port: int = _setting(8080, "receiver listen port (ingest, probes, metrics)")
+    max_body_bytes: int = _setting(1 * MiB, "largest accepted body; 413 past it")
+    inline_limit: int = _setting(64 * KiB, "bodies up to this size travel inside the queue entry")
+    request_timeout: float = _setting(20.0, "deadline for reading one ingest request")
+    idempotency_ttl: float = _setting(86400.0, "how long an Idempotency-Key maps to its first id")
+    retry_after: float = _setting(1.0, "Retry-After seconds sent with a 503")
+
+    # bodies
+    body_store: str = _setting("fs", "where large bodies go: 'fs' (a folder) or 'gcs'")
+    body_dir: str = _setting("var/bodies", "folder of the filesystem body store")
+    body_retention: float = _setting(7 * 86400.0, "seconds dead-lettered bodies are kept")
+
+    # dispatcher
+    dispatcher_host: str = _setting("0.0.0.0", "dispatcher probe/metrics listen address")
+    dispatcher_port: int = _setting(8081, "dispatcher probe/metrics port (0: no server)")
+    pool: str = _setting("default", "the dispatcher pool (stream) this process serves")
+    concurrency: int = _setting(256, "deliveries in flight per dispatcher process")
+    read_batch: int = _setting(128, "entries read from the stream per call")
+    claim_idle: float = _setting(60.0, "seconds a pending entry may sit before another consumer takes it")
+    delivery_timeout: float = _setting(10.0, "default per-delivery deadline, seconds")
+    response_cap: int = _setting(64 * KiB, "bytes of an endpoint's response body that are read")
+    shutdown_grace: float = _setting(20.0, "seconds in-flight deliveries get after SIGTERM")
+    defer_delay: float = _setting(1.0, "seconds a paused or throttled delivery waits before it is tried")
+    allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
+        (), "comma-separated CIDRs the dispatcher may deliver to although they are not public"
+    )
+    fault_ack_delay: float = _setting(
+        0.0, "fault injection: seconds between an endpoint's 2xx and the acknowledgement"
+    )
+
+    # retry defaults (an endpoint's spec.retry overrides them)
+    retry_attempts: int = _setting(15, "delivery attempts before the dead letter")
+    retry_base: float = _setting(5.0, "first backoff, seconds; doubles each attempt")
+    retry_max_backoff: float = _setting(4 * 3600.0, "longest backoff, seconds")
+    retry_max_age: float = _setting(3 * 86400.0, "a webhook older than this is dead-lettered")
+    retry_after_max: float = _setting(3600.0, "largest Retry-After an endpoint may ask for")
+
+    # registry
+    registry_refresh: float = _setting(30.0, "full registry reload interval (pub/sub is the fast path)")
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw.replace("_", ""))
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (str, "str"):
+            return raw
+        if name == "allow_cidrs":
+            return tuple(ipaddress.ip_network(c.strip()) for c in raw.split(",") if c.strip())
+    except ValueError as exc:
+        raise InvalidSpec(f"HOOKLINE_{name.upper()}={raw!r}: {exc}") from exc
+    raise InvalidSpec(f"HOOKLINE_{name.upper()}: unsupported setting type {kind!r}")
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Read ``HOOKLINE_*`` from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        raw = env.get(f"HOOKLINE_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _parse(f.name, f.type, raw)
+    values.update(overrides)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if config.inline_limit > config.max_body_bytes:
+        raise InvalidSpec("HOOKLINE_INLINE_LIMIT must not exceed HOOKLINE_MAX_BODY_BYTES")
+    for name in ("concurrency", "read_batch", "retry_attempts"):
+        if getattr(config, name) < 1:
+            raise InvalidSpec(f"HOOKLINE_{name.upper()} must be at least 1")
+    if config.body_store not in ("fs", "gcs"):
+        raise InvalidSpec("HOOKLINE_BODY_STORE must be 'fs' or 'gcs'")
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every setting, for docs and ``--help``."""
+    return [
+        (f"HOOKLINE_{f.name.upper()}", repr(f.default), f.metadata["doc"])
+        for f in dataclasses.fields(Config)
+    ]

@@ -1,0 +1,64 @@
+"""Prometheus metrics for every component, each process with its own registry.
+
+Components receive a :class:`Metrics` and count into it; ``/metrics`` renders it.
+A registry per instance (not the global one) lets tests run a receiver and a
+dispatcher in one process without name clashes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ingested = Counter(
+            "hookline_ingested", "Webhooks accepted (202) by the receiver", ["storage"], registry=r
+        )
+        self.ingest_errors = Counter(
+            "hookline_ingest_errors", "Ingest requests refused, by reason", ["reason"], registry=r
+        )
+        self.deliveries = Counter(
+            "hookline_deliveries",
+            "Delivery attempts by outcome (delivered, failed, rejected, deferred)",
+            ["outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "hookline_delivery_latency_seconds",
+            "Time from the outbound request to the endpoint's answer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "hookline_end_to_end_seconds",
+            "Time from acceptance to successful delivery",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter("hookline_retries_scheduled", "Retries scheduled", registry=r)
+        self.dead_letters = Counter(
+            "hookline_dead_letters", "Webhooks moved to the dead letter", registry=r
+        )
+        self.duplicates = Counter(
+            "hookline_duplicate_deliveries",
+            "Deliveries of an entry another consumer had already settled",
+            registry=r,
+        )
+        self.in_flight = Gauge("hookline_in_flight", "Deliveries in progress", registry=r)
+        self.queue_backlog = Gauge(
+            "hookline_queue_backlog", "Entries waiting in a pool's stream", ["pool"], registry=r
+        )
+        self.retry_backlog = Gauge(
+            "hookline_retry_backlog", "Retries scheduled in a pool", ["pool"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+

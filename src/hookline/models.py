@@ -1,0 +1,231 @@
+"""The values that travel between hookline's parts: endpoints, webhooks, delivery outcomes.
+
+The registry stores :class:`Endpoint` records as JSON; the queue stores
+:class:`Webhook` entries packed by :meth:`Webhook.pack`; the dispatcher turns
+each delivery attempt into an :data:`Outcome` that the retry policy consumes.
+``endpoint_from_spec`` turns a ``WebhookEndpoint`` spec (the CRD's schema) into
+an :class:`Endpoint`, for the operator and for the local stack alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from hookline.config import Config
+from hookline.errors import InvalidSpec
+
+
+def key_hash(key: str) -> str:
+    """How an ingest key is stored and looked up: never in clear."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id() -> str:
+    """A time-ordered webhook id: ``msg_`` and a ULID (48 bits of ms, 80 random bits)."""
+    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "msg_" + "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    base_seconds: float
+    max_backoff_seconds: float
+    max_age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSecret:
+    secret: str
+    not_after: float | None = None  # Unix time; None: the current secret
+
+    def valid(self, now: float) -> bool:
+        return self.not_after is None or now < self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str  # "namespace/name"
+    url: str
+    key_hashes: tuple[str, ...]
+    signing_secrets: tuple[SigningSecret, ...]
+    retry: RetryPolicy
+    forward_headers: tuple[str, ...] = ()
+    timeout_seconds: float = 10.0
+    rate_limit: RateLimit | None = None
+    max_in_flight: int | None = None
+    pool: str = "default"
+    paused: bool = False
+    generation: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Endpoint:
+        d = json.loads(raw)
+        return cls(
+            id=d["id"],
+            url=d["url"],
+            key_hashes=tuple(d["key_hashes"]),
+            signing_secrets=tuple(SigningSecret(**s) for s in d["signing_secrets"]),
+            retry=RetryPolicy(**d["retry"]),
+            forward_headers=tuple(d.get("forward_headers", ())),
+            timeout_seconds=d.get("timeout_seconds", 10.0),
+            rate_limit=RateLimit(**d["rate_limit"]) if d.get("rate_limit") else None,
+            max_in_flight=d.get("max_in_flight"),
+            pool=d.get("pool", "default"),
+            paused=d.get("paused", False),
+            generation=d.get("generation", 0),
+        )
+
+
+def check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidSpec(f"url must be an absolute http(s) URL with a host, got {url!r}")
+    return url
+
+
+def endpoint_from_spec(
+    endpoint_id: str,
+    spec: dict[str, Any],
+    keys: list[str],
+    signing_secrets: list[SigningSecret],
+    config: Config,
+    generation: int = 0,
+) -> Endpoint:
+    """Build a registry record from a WebhookEndpoint ``spec`` and its resolved secrets."""
+    if "url" not in spec:
+        raise InvalidSpec("spec.url is required")
+    retry = spec.get("retry") or {}
+    rate = spec.get("rateLimit")
+    try:
+        return Endpoint(
+            id=endpoint_id,
+            url=check_url(str(spec["url"])),
+            key_hashes=tuple(key_hash(k) for k in keys),
+            signing_secrets=tuple(signing_secrets),
+            retry=RetryPolicy(
+                attempts=int(retry.get("attempts", config.retry_attempts)),
+                base_seconds=float(retry.get("baseSeconds", config.retry_base)),
+                max_backoff_seconds=float(retry.get("maxBackoffSeconds", config.retry_max_backoff)),
+                max_age_seconds=float(retry.get("maxAgeSeconds", config.retry_max_age)),
+            ),
+            forward_headers=tuple(h.lower() for h in spec.get("forwardHeaders", ())),
+            timeout_seconds=float(spec.get("timeoutSeconds", config.delivery_timeout)),
+            rate_limit=(
+                RateLimit(float(rate["perSecond"]), int(rate.get("burst", rate["perSecond"])))
+                if rate
+                else None
+            ),
+            max_in_flight=int(spec["maxInFlight"]) if spec.get("maxInFlight") else None,
+            pool=str(spec.get("pool", "default")),
+            paused=bool(spec.get("paused", False)),
+            generation=generation,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidSpec(f"invalid endpoint spec: {exc}") from exc
+
+
+@dataclass(slots=True)
+class Webhook:
+    """One accepted webhook as it travels through the queue."""
+
+    id: str
+    endpoint: str
+    headers: dict[str, str]
+    body: bytes = b""  # the body when inline; empty when body_ref is set
+    body_ref: str | None = None
+    size: int = 0
+    attempt: int = 0  # attempts already made
+    created_ms: int = 0
+    trace: dict[str, str] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        meta = {
+            "id": self.id,
+            "ep": self.endpoint,
+            "h": self.headers,
+            "ref": self.body_ref,
+            "sz": self.size,
+            "n": self.attempt,
+            "t": self.created_ms,
+            "tc": self.trace,
+        }
+        return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Webhook:
+        head, _, body = data.partition(b"\n")
+        m = json.loads(head)
+        return cls(
+            id=m["id"],
+            endpoint=m["ep"],
+            headers=m["h"],
+            body=body,
+            body_ref=m["ref"],
+            size=m["sz"],
+            attempt=m["n"],
+            created_ms=m["t"],
+            trace=m["tc"],
+        )
+
+
+# Delivery outcomes: what one attempt came to, consumed by the retry policy.
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    status: int
+    latency: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A retryable failure; ``retry_after`` is the endpoint's own request, if any."""
+
+    reason: str
+    status: int | None = None
+    latency: float = 0.0
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A permanent failure: straight to the dead letter; ``disable`` also disables the endpoint."""
+
+    reason: str
+    status: int | None = None
+    latency: float = 0.0
+    disable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Not attempted (paused, throttled, circuit open); tried again after ``delay``."""
+
+    reason: str
+    delay: float
+
+
+Outcome = Delivered | Failed | Rejected | Deferred

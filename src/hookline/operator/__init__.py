@@ -1,0 +1,1 @@
+"""The kopf operator: WebhookEndpoint resources → the Redis registry, and dispatcher scaling."""

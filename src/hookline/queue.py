@@ -1,0 +1,426 @@
+"""The durable queue: one Redis stream per dispatcher pool, a retry schedule, a dead letter.
+
+Layout (``P`` is the configured prefix, ``pool`` the dispatcher pool):
+
+* ``P:stream:pool``     stream of packed :class:`~hookline.models.Webhook` entries (field ``d``),
+  read by the consumer group ``dispatchers``
+* ``P:retry:pool``      sorted set: retry uid → due time (ms); ``P:retrydata:pool`` holds the entries
+* ``P:dead``            stream: dead letters with their reason, pool and endpoint
+* ``P:idem:HASH``       an Idempotency-Key's first webhook id
+* ``P:stats:ENDPOINT``  per-endpoint figures (delivered, failed, dead, duplicates, last outcomes)
+
+Every change of an entry's state is one Lua script, so it is atomic: an entry is
+acknowledged *and* deleted from the stream in the same step that records its
+outcome (delivered, scheduled for retry, dead-lettered). The stream therefore
+holds only entries not yet finished, nothing is ever trimmed blindly, and its
+length is the pool's backlog. A script first checks that ``XACK`` really
+acknowledged the entry: when a slow consumer and the one that reclaimed its
+entry both finish, only the first outcome is recorded (the second delivery is
+counted as a duplicate).
+
+Writes from concurrent requests are pipelined together ("group commit"): a
+burst of N enqueues costs one round trip, not N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from hookline.errors import StoreUnavailable
+from hookline.models import Webhook
+
+GROUP = "dispatchers"
+_MAX_BATCH = 512
+
+_ENQUEUE_ONCE = """
+local prev = redis.call('GET', KEYS[1])
+if prev then return prev end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+# KEYS: stream, stats   ARGV: group, msgid, now
+_DELIVERED = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then
+  redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
+  return 0
+end
+redis.call('HINCRBY', KEYS[2], 'delivered', 1)
+redis.call('HSET', KEYS[2], 'last_success', ARGV[3])
+return 1
+"""
+
+# KEYS: stream, retry zset, retry hash, stats
+# ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not a failure)
+_RESCHEDULE = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if ARGV[6] ~= '' then
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
+  redis.call('HSET', KEYS[4], 'last_failure', ARGV[6])
+end
+return 1
+"""
+
+# KEYS: stream, dead stream, stats   ARGV: group, msgid, packed, reason, pool, endpoint, failure
+_DEAD = """
+if ARGV[2] ~= '' then
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  if acked == 0 then return 0 end
+end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[3], 'reason', ARGV[4], 'pool', ARGV[5], 'ep', ARGV[6])
+redis.call('HINCRBY', KEYS[3], 'dead', 1)
+if ARGV[7] ~= '' then
+  redis.call('HINCRBY', KEYS[3], 'failed', 1)
+  redis.call('HSET', KEYS[3], 'last_failure', ARGV[7])
+end
+return 1
+"""
+
+# KEYS: retry zset, retry hash, stream   ARGV: now_ms, limit
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, uid in ipairs(due) do
+  local d = redis.call('HGET', KEYS[2], uid)
+  if d then redis.call('XADD', KEYS[3], '*', 'd', d) end
+  redis.call('HDEL', KEYS[2], uid)
+  redis.call('ZREM', KEYS[1], uid)
+end
+return #due
+"""
+
+# KEYS: dead stream, target stream   ARGV: dead id, packed
+_REPLAY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
+return 1
+"""
+
+_SCRIPTS = {
+    "enqueue_once": _ENQUEUE_ONCE,
+    "delivered": _DELIVERED,
+    "reschedule": _RESCHEDULE,
+    "dead": _DEAD,
+    "move_due": _MOVE_DUE,
+    "replay": _REPLAY,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str  # the dead-letter stream id
+    webhook: Webhook
+    reason: str
+    pool: str
+    at: float  # Unix seconds
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class Queue:
+    """Enqueue, read, claim and settle webhooks; all Redis I/O of the pipeline goes through here."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, idempotency_ttl: float = 86400.0):
+        self.redis = redis
+        self.prefix = prefix
+        self.idempotency_ttl_ms = int(idempotency_ttl * 1000)
+        self.dead_key = f"{prefix}:dead"
+        self._sha: dict[str, str] = {}
+        self._pending: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._claim_cursor: dict[str, str] = {}
+
+    # -- keys
+
+    def stream(self, pool: str) -> str:
+        return f"{self.prefix}:stream:{pool}"
+
+    def stats_key(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:stats:{endpoint_id}"
+
+    def _retry_keys(self, pool: str) -> tuple[str, str]:
+        return f"{self.prefix}:retry:{pool}", f"{self.prefix}:retrydata:{pool}"
+
+    # -- batching
+
+    async def _load_scripts(self) -> None:
+        for name, body in _SCRIPTS.items():
+            self._sha[name] = await self.redis.script_load(body)
+
+    def _submit(self, op: Callable[[Pipeline], Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            try:
+                results = await self._execute([op for op, _ in batch])
+            except (RedisError, OSError) as exc:
+                error = StoreUnavailable(f"queue: {exc}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(StoreUnavailable(f"queue: {result}"))
+                else:
+                    fut.set_result(result)
+
+    async def _execute(self, ops: list[Callable[[Pipeline], Any]]) -> list[Any]:
+        if not self._sha:
+            await self._load_scripts()
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for op in ops:
+                    op(pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                return results
+            # Redis restarted without its script cache: load the scripts and run
+            # the batch again (a script that failed with NOSCRIPT did nothing).
+            await self._load_scripts()
+            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in redo:
+                    ops[i](pipe)
+                again = await pipe.execute(raise_on_error=False)
+            for i, r in zip(redo, again, strict=True):
+                results[i] = r
+            return results
+        return results
+
+    async def _run(self, op: Callable[[Pipeline], Any]) -> Any:
+        return await self._submit(op)
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Callable[[Pipeline], Any]:
+        return lambda pipe: pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    # -- producers
+
+    async def enqueue(self, pool: str, webhook: Webhook, idempotency_key: str | None = None) -> str:
+        """Append a webhook to its pool's stream; returns its id (the first one for a repeated
+        Idempotency-Key). Raises StoreUnavailable when Redis does not take it."""
+        data = webhook.pack()
+        stream = self.stream(pool)
+        if idempotency_key is None:
+            await self._run(lambda pipe: pipe.xadd(stream, {"d": data}))
+            return webhook.id
+        idem = f"{self.prefix}:idem:{idempotency_key}"
+        result = await self._run(
+            self._script(
+                "enqueue_once", [idem, stream], [webhook.id, self.idempotency_ttl_ms, data]
+            )
+        )
+        return _s(result)
+
+    # -- consumers
+
+    async def ensure_group(self, pool: str) -> None:
+        # From id 0: a group created at '$' would skip entries added before it.
+        try:
+            await self.redis.xgroup_create(self.stream(pool), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise StoreUnavailable(f"queue: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+
+    async def read(
+        self, pool: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[bytes, Webhook]]:
+        """New entries for this consumer."""
+        try:
+            resp = await self.redis.xreadgroup(
+                GROUP, consumer, {self.stream(pool): ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost the group (restart, flush): make it again
+                await self.ensure_group(pool)
+                return []
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        if not resp:
+            return []
+        return [(mid, _unpack(fields)) for mid, fields in resp[0][1]]
+
+    async def claim(
+        self, pool: str, consumer: str, min_idle: float, count: int
+    ) -> list[tuple[bytes, Webhook]]:
+        """Take over entries another consumer left pending for ``min_idle`` seconds."""
+        start = self._claim_cursor.get(pool, "0-0")
+        try:
+            resp = await self.redis.xautoclaim(
+                self.stream(pool), GROUP, consumer, int(min_idle * 1000), start, count=count
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                await self.ensure_group(pool)
+                return []
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        self._claim_cursor[pool] = _s(resp[0])
+        return [(mid, _unpack(fields)) for mid, fields in resp[1] if fields]
+
+    async def delivered(self, pool: str, msg_id: bytes, endpoint_id: str) -> bool:
+        """Record a delivery; False when the entry had already been settled (a duplicate)."""
+        keys = [self.stream(pool), self.stats_key(endpoint_id)]
+        return bool(
+            await self._run(self._script("delivered", keys, [GROUP, msg_id, _now_ms()]))
+        )
+
+    async def reschedule(
+        self,
+        pool: str,
+        msg_id: bytes,
+        webhook: Webhook,
+        delay: float,
+        failure: dict[str, Any] | None = None,
+    ) -> bool:
+        """Settle the entry and put the (updated) webhook on the retry schedule."""
+        zkey, hkey = self._retry_keys(pool)
+        uid = f"{webhook.id}:{webhook.attempt}:{time.time_ns()}"
+        due = _now_ms() + int(delay * 1000)
+        keys = [self.stream(pool), zkey, hkey, self.stats_key(webhook.endpoint)]
+        fail = json.dumps(failure) if failure else ""
+        args = [GROUP, msg_id, uid, due, webhook.pack(), fail]
+        return bool(await self._run(self._script("reschedule", keys, args)))
+
+    async def dead(
+        self,
+        pool: str,
+        msg_id: bytes | None,
+        webhook: Webhook,
+        reason: str,
+        failure: dict[str, Any] | None = None,
+    ) -> bool:
+        """Settle the entry into the dead letter with its reason."""
+        keys = [self.stream(pool), self.dead_key, self.stats_key(webhook.endpoint)]
+        fail = json.dumps(failure) if failure else ""
+        args = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint, fail]
+        return bool(await self._run(self._script("dead", keys, args)))
+
+    async def move_due(self, pool: str, limit: int = 1000) -> int:
+        """Move retries whose time has come back onto the stream; returns how many."""
+        zkey, hkey = self._retry_keys(pool)
+        keys = [zkey, hkey, self.stream(pool)]
+        return int(await self._run(self._script("move_due", keys, [_now_ms(), limit])))
+
+    # -- figures
+
+    async def backlog(self, pool: str) -> dict[str, int]:
+        """Entries waiting in the stream (unread or in flight) and retries due or scheduled."""
+        zkey, _ = self._retry_keys(pool)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(self.stream(pool))
+                pipe.zcount(zkey, "-inf", _now_ms())
+                pipe.zcard(zkey)
+                stream_len, due, scheduled = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return {"stream": stream_len, "retry_due": due, "retry_scheduled": scheduled}
+
+    async def stats(self, endpoint_id: str) -> dict[str, str]:
+        try:
+            raw = await self.redis.hgetall(self.stats_key(endpoint_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    # -- dead letter
+
+    async def dead_letters(
+        self, since: float | None = None, endpoint: str | None = None, count: int = 100
+    ) -> list[DeadLetter]:
+        start = f"{int(since * 1000)}-0" if since else "-"
+        out: list[DeadLetter] = []
+        try:
+            while len(out) < count:
+                batch = await self.redis.xrange(self.dead_key, start, "+", count=500)
+                if not batch:
+                    break
+                for mid, fields in batch:
+                    letter = _dead_letter(mid, fields)
+                    if (endpoint is None or letter.webhook.endpoint == endpoint):
+                        out.append(letter)
+                if len(batch) < 500:
+                    break
+                start = "(" + _s(batch[-1][0])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return out[:count]
+
+    async def dead_letter(self, ident: str) -> DeadLetter | None:
+        """A dead letter by its dead-letter id or by its webhook id."""
+        if not ident.startswith("msg_"):
+            batch = await self.redis.xrange(self.dead_key, ident, ident)
+            return _dead_letter(*batch[0]) if batch else None
+        for letter in await self.dead_letters(count=1_000_000):
+            if letter.webhook.id == ident:
+                return letter
+        return None
+
+    async def replay(self, letter: DeadLetter, pool: str) -> bool:
+        """Re-enqueue a dead letter with the same webhook id and a fresh attempt count."""
+        wh = letter.webhook
+        wh.attempt = 0
+        wh.created_ms = _now_ms()
+        keys = [self.dead_key, self.stream(pool)]
+        return bool(await self._run(self._script("replay", keys, [letter.id, wh.pack()])))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+UNREADABLE = "?unreadable"
+
+
+def _unpack(fields: dict[bytes, bytes]) -> Webhook:
+    """The entry's webhook; an entry that cannot be read becomes one addressed to the
+    endpoint ``?unreadable`` that carries the raw entry, so it ends in the dead letter."""
+    raw = fields.get(b"d", b"")
+    try:
+        return Webhook.unpack(raw)
+    except (KeyError, ValueError, TypeError):
+        return Webhook(id="unreadable", endpoint=UNREADABLE, headers={}, body=raw, size=len(raw))
+
+
+def _dead_letter(mid: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    wh = _unpack(fields)
+    ident = _s(mid)
+    return DeadLetter(
+        id=ident,
+        webhook=wh,
+        reason=_s(fields.get(b"reason", b"")),
+        pool=_s(fields.get(b"pool", b"default")),
+        at=int(ident.split("-")[0]) / 1000,
+    )

@@ -1,0 +1,232 @@
+"""The receiver: turns an HTTP request into a durable queue entry, or a clear JSON error.
+
+Called by ``hookline receiver`` (and the local stack) with its dependencies
+built by the entry point: ``create_app(config, cache, queue, bodies, metrics)``.
+A ``202`` is sent only after Redis took the entry (and, for a large body, the
+body store took the body first); any store failure is a ``503`` with
+``Retry-After``, and whatever was half-written is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from hookline.bodies import BodyStore
+from hookline.config import Config
+from hookline.errors import BodyTooLarge, StoreUnavailable
+from hookline.http import error, json_errors, probe_routes
+from hookline.metrics import Metrics
+from hookline.models import Endpoint, Webhook, key_hash, new_id
+from hookline.queue import Queue
+from hookline.registry import RegistryCache
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "X-WH-Endpoint-Key"
+
+# Never forwarded, whatever an endpoint's allow list says: hop-by-hop headers,
+# credentials, and headers the dispatcher sets itself.
+DROPPED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Authorization", "Cookie", "Set-Cookie", KEY_HEADER, "Idempotency-Key",
+        "webhook-id", "webhook-timestamp", "webhook-signature", "traceparent", "tracestate",
+        "uber-trace-id", "baggage",
+    )
+)
+
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+CACHE: web.AppKey[RegistryCache] = web.AppKey("cache", RegistryCache)
+QUEUE: web.AppKey[Queue] = web.AppKey("queue", Queue)
+BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)  # type: ignore[type-abstract]
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+def forwarded_headers(request: web.Request, endpoint: Endpoint) -> dict[str, str]:
+    allowed = endpoint.forward_headers
+    out = {}
+    for name, value in request.headers.items():
+        low = name.lower()
+        if low in DROPPED_HEADERS:
+            continue
+        if low == "content-type" or low in allowed:
+            out[low] = value
+    return out
+
+
+async def _chunks(first: bytes, request: web.Request) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        yield chunk
+
+
+async def _read_head(request: web.Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body (fewer only at its end)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await request.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+class Ingest:
+    def __init__(self, app: web.Application) -> None:
+        self.config = app[CONFIG]
+        self.cache = app[CACHE]
+        self.queue = app[QUEUE]
+        self.bodies = app[BODIES]
+        self.metrics = app[METRICS]
+        self.retry_after = str(max(1, round(self.config.retry_after)))
+
+    def refuse(self, status: int, code: str, reason: str, **headers: str) -> web.Response:
+        self.metrics.ingest_errors.labels(code).inc()
+        return error(status, code, reason, **headers)
+
+    async def send(self, request: web.Request) -> web.Response:
+        key = request.headers.get(KEY_HEADER)
+        if not key:
+            return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
+        endpoint = self.cache.by_key_hash(key_hash(key))
+        if endpoint is None:
+            if not self.cache.loaded.is_set():
+                return self.refuse(
+                    503, "registry_unavailable", "the endpoint registry is not loaded yet",
+                    **{"Retry-After": self.retry_after},
+                )
+            return self.refuse(401, "unknown_key", "no endpoint has this key")
+        if endpoint.paused:
+            return self.refuse(409, "endpoint_paused", f"endpoint {endpoint.id} is paused")
+        disabled = self.cache.disabled_reason(endpoint.id)
+        if disabled:
+            return self.refuse(
+                409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
+            )
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
+            resp.force_close()
+            return resp
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                return await self._accept(request, endpoint)
+        except TimeoutError:
+            return self.refuse(408, "request_timeout", "the request was not read in time")
+
+    async def _accept(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+        config = self.config
+        wid = new_id()
+        ref: str | None = None
+        inline = config.inline_limit
+        clen = request.content_length
+        try:
+            if clen is not None and clen <= inline:
+                body = await request.read()
+                size = len(body)
+            else:
+                body = await _read_head(request, inline + 1)
+                size = len(body)
+                if size > inline:
+                    ref, size = await self.bodies.put(
+                        wid, _chunks(body, request), config.max_body_bytes
+                    )
+                    body = b""
+        except BodyTooLarge as exc:
+            resp = self.refuse(413, "body_too_large", str(exc))
+            resp.force_close()
+            return resp
+        except StoreUnavailable as exc:
+            log.warning("body store unavailable: %s", exc)
+            return self.refuse(
+                503, "store_unavailable", "the body store is unavailable",
+                **{"Retry-After": self.retry_after},
+            )
+        webhook = Webhook(
+            id=wid,
+            endpoint=endpoint.id,
+            headers=forwarded_headers(request, endpoint),
+            body=body,
+            body_ref=ref,
+            size=size,
+            created_ms=int(time.time() * 1000),
+        )
+        idem = request.headers.get("Idempotency-Key")
+        idem_key = None
+        if idem:
+            idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
+        try:
+            accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+        except StoreUnavailable as exc:
+            log.warning("queue unavailable: %s", exc)
+            await self._discard(ref)
+            return self.refuse(
+                503, "store_unavailable", "the queue is unavailable",
+                **{"Retry-After": self.retry_after},
+            )
+        except BaseException:
+            await self._discard(ref)
+            raise
+        if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
+            await self._discard(ref)
+        self.metrics.ingested.labels("ref" if ref else "inline").inc()
+        return web.Response(
+            status=202, body=b'{"id":"' + accepted.encode() + b'"}', content_type="application/json"
+        )
+
+    async def _discard(self, ref: str | None) -> None:
+        if ref is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.shield(self.bodies.delete(ref))
+
+
+def _readiness(
+    cache: RegistryCache, queue: Queue, bodies: BodyStore
+) -> Callable[[], Awaitable[str | None]]:
+    async def ready() -> str | None:
+        if not cache.loaded.is_set():
+            return "endpoint registry not loaded"
+        try:
+            await queue.redis.ping()
+        except Exception as exc:  # any failure to answer means not ready
+            return f"redis: {exc}"
+        try:
+            await bodies.check()
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
+
+    return ready
+
+
+def create_app(
+    config: Config, cache: RegistryCache, queue: Queue, bodies: BodyStore, metrics: Metrics
+) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[CACHE] = cache
+    app[QUEUE] = queue
+    app[BODIES] = bodies
+    app[METRICS] = metrics
+    ingest = Ingest(app)
+    app.add_routes([web.post("/webhooks/send", ingest.send)])
+    app.add_routes(probe_routes(metrics, _readiness(cache, queue, bodies)))
+
+    async def follow_registry(_: web.Application) -> AsyncIterator[None]:
+        if not await cache.start():
+            log.warning("endpoint registry not loaded yet; retrying in the background")
+        yield
+        await cache.stop()
+
+    app.cleanup_ctx.append(follow_registry)
+    return app

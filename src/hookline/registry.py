@@ -1,0 +1,221 @@
+"""The endpoint registry in Redis, and the local cache receivers and dispatchers read.
+
+Layout (``P`` is the configured prefix):
+
+* ``P:endpoints``  hash: endpoint id → :class:`~hookline.models.Endpoint` JSON
+* ``P:keys``       hash: SHA-256 of an ingest key → endpoint id (keys never in clear)
+* ``P:disabled``   hash: endpoint id → JSON ``{"reason", "at"}``, written by dispatchers
+  (410 Gone, auto-disable) and kept apart so that the operator rewriting a
+  record never clears it by accident
+* ``P:registry``   pub/sub channel: the id of every endpoint that changed
+
+Writers (the operator, the local stack) use :class:`Registry`. Readers hold a
+:class:`RegistryCache`: a full load at start, a reload of one endpoint on each
+notification (well under a second), and a periodic full reload as a backstop
+for notifications missed while disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hookline.errors import StoreUnavailable
+from hookline.models import Endpoint
+
+log = logging.getLogger(__name__)
+
+# Replaces an endpoint and its key index atomically, then announces it.
+_PUT = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  for _, h in ipairs(cjson.decode(old)['key_hashes']) do redis.call('HDEL', KEYS[2], h) end
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  for i = 3, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
+end
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return old and 1 or 0
+"""
+
+
+class Registry:
+    """Reads and writes endpoint records; every write is announced on the channel."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.redis = redis
+        self.endpoints_key = f"{prefix}:endpoints"
+        self.keys_key = f"{prefix}:keys"
+        self.disabled_key = f"{prefix}:disabled"
+        self.channel = f"{prefix}:registry"
+        self._put = redis.register_script(_PUT)
+
+    async def _call(self, op: Awaitable[Any]) -> Any:
+        try:
+            return await op
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"registry: {exc}") from exc
+
+    async def put(self, endpoint: Endpoint) -> None:
+        keys = [self.endpoints_key, self.keys_key, self.channel]
+        await self._call(self._put(keys, [endpoint.id, endpoint.to_json(), *endpoint.key_hashes]))
+
+    async def remove(self, endpoint_id: str) -> bool:
+        """Remove an endpoint; True when it was there. A missing one counts as removed."""
+        keys = [self.endpoints_key, self.keys_key, self.channel]
+        removed = await self._call(self._put(keys, [endpoint_id, ""]))
+        await self._call(self.redis.hdel(self.disabled_key, endpoint_id))
+        return bool(removed)
+
+    async def get(self, endpoint_id: str) -> Endpoint | None:
+        raw = await self._call(self.redis.hget(self.endpoints_key, endpoint_id))
+        return Endpoint.from_json(raw) if raw else None
+
+    async def all(self) -> dict[str, Endpoint]:
+        raw = await self._call(self.redis.hgetall(self.endpoints_key))
+        out = {}
+        for k, v in raw.items():
+            try:
+                ep = Endpoint.from_json(v)
+            except (ValueError, KeyError, TypeError):
+                log.warning("registry: skipping unreadable record %r", k)
+                continue
+            out[ep.id] = ep
+        return out
+
+    async def disable(self, endpoint_id: str, reason: str) -> None:
+        value = json.dumps({"reason": reason, "at": time.time()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.disabled_key, endpoint_id, value)
+            pipe.publish(self.channel, endpoint_id)
+            await self._call(pipe.execute())
+
+    async def enable(self, endpoint_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.disabled_key, endpoint_id)
+            pipe.publish(self.channel, endpoint_id)
+            await self._call(pipe.execute())
+
+    async def disabled(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call(self.redis.hgetall(self.disabled_key))
+        return {_s(k): json.loads(v) for k, v in raw.items()}
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class RegistryCache:
+    """A local copy of the registry that sees each change within a second.
+
+    ``by_key`` and ``get`` are plain dictionary look-ups: the hot path of both
+    the receiver and the dispatcher never waits on Redis for an endpoint.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        refresh_interval: float = 30.0,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.refresh_interval = refresh_interval
+        self.on_change = on_change
+        self._by_id: dict[str, Endpoint] = {}
+        self._by_key: dict[str, Endpoint] = {}
+        self._disabled: dict[str, dict[str, Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.loaded = asyncio.Event()
+
+    def get(self, endpoint_id: str) -> Endpoint | None:
+        return self._by_id.get(endpoint_id)
+
+    def by_key_hash(self, hashed: str) -> Endpoint | None:
+        return self._by_key.get(hashed)
+
+    def disabled_reason(self, endpoint_id: str) -> str | None:
+        d = self._disabled.get(endpoint_id)
+        return str(d["reason"]) if d else None
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._by_id.values())
+
+    async def reload(self) -> None:
+        endpoints = await self.registry.all()
+        disabled = await self.registry.disabled()
+        self._by_id = endpoints
+        self._by_key = {h: ep for ep in endpoints.values() for h in ep.key_hashes}
+        self._disabled = disabled
+        self.loaded.set()
+
+    async def _reload_one(self, endpoint_id: str) -> None:
+        ep = await self.registry.get(endpoint_id)
+        raw_disabled = await self.registry._call(
+            self.registry.redis.hget(self.registry.disabled_key, endpoint_id)
+        )
+        old = self._by_id.get(endpoint_id)
+        if old is not None:
+            for h in old.key_hashes:
+                self._by_key.pop(h, None)
+        if ep is None:
+            self._by_id.pop(endpoint_id, None)
+        else:
+            self._by_id[endpoint_id] = ep
+            for h in ep.key_hashes:
+                self._by_key[h] = ep
+        if raw_disabled:
+            self._disabled[endpoint_id] = json.loads(raw_disabled)
+        else:
+            self._disabled.pop(endpoint_id, None)
+        if self.on_change is not None:
+            self.on_change(endpoint_id)
+
+    async def start(self, wait: float = 5.0) -> bool:
+        """Follow the registry; returns whether the first full load finished within ``wait``
+        seconds. Never raises: while Redis is down the follower keeps retrying, and
+        ``loaded`` tells readiness probes when the cache can answer."""
+        self._task = asyncio.create_task(self._follow(), name="registry-follow")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loaded.wait(), wait)
+        return self.loaded.is_set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with self.registry.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.registry.channel)
+                    # Anything that changed while we were not subscribed.
+                    await self.reload()
+                    next_full = time.monotonic() + self.refresh_interval
+                    while True:
+                        timeout = max(0.0, next_full - time.monotonic())
+                        msg = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=min(timeout, 1.0)
+                        )
+                        if msg is not None and msg["type"] == "message":
+                            await self._reload_one(_s(msg["data"]))
+                        if time.monotonic() >= next_full:
+                            await self.reload()
+                            next_full = time.monotonic() + self.refresh_interval
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                log.warning("registry cache: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,58 @@
+"""Standard Webhooks signatures: what the dispatcher attaches to every delivery.
+
+``webhook-signature`` is a space-separated list of ``v1,<base64 HMAC-SHA256>``
+over ``"{id}.{timestamp}.{body}"``, one per valid secret, so a receiver that
+knows either the new or the previous secret verifies during a rotation. The
+body is fed in chunks (:class:`Signer`), so a streamed body is never whole in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+from hookline.errors import InvalidSpec
+from hookline.models import SigningSecret
+
+PREFIX = "whsec_"
+
+
+def new_secret(nbytes: int = 32) -> str:
+    return PREFIX + base64.b64encode(os.urandom(nbytes)).decode()
+
+
+def secret_bytes(secret: str) -> bytes:
+    try:
+        raw = base64.b64decode(secret.removeprefix(PREFIX), validate=True)
+    except ValueError as exc:
+        raise InvalidSpec("a signing secret must be 'whsec_' followed by base64") from exc
+    if not 24 <= len(raw) <= 64:
+        raise InvalidSpec("a signing secret must hold 24 to 64 bytes")
+    return raw
+
+
+class Signer:
+    """Signs one message with every currently valid secret, fed the body chunk by chunk."""
+
+    def __init__(self, secrets: tuple[SigningSecret, ...], msg_id: str, timestamp: int, now: float):
+        prefix = f"{msg_id}.{timestamp}.".encode()
+        self._macs = [
+            hmac.new(secret_bytes(s.secret), prefix, hashlib.sha256) for s in secrets if s.valid(now)
+        ]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self._macs:
+            mac.update(chunk)
+
+    def header(self) -> str:
+        return " ".join("v1," + base64.b64encode(m.digest()).decode() for m in self._macs)
+
+
+def sign(
+    secrets: tuple[SigningSecret, ...], msg_id: str, timestamp: int, body: bytes, now: float
+) -> str:
+    signer = Signer(secrets, msg_id, timestamp, now)
+    signer.update(body)
+    return signer.header()

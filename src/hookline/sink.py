@@ -1,0 +1,46 @@
+"""The demo sink of the local stack: an endpoint that prints what it receives.
+
+It verifies each delivery's Standard Webhooks signature with the endpoint's
+secret and prints one line per webhook, so ``make dev`` shows the whole path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import base64
+import sys
+from typing import TextIO
+
+from aiohttp import web
+
+from hookline.signing import secret_bytes
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    signed = f"{headers.get('webhook-id')}.{headers.get('webhook-timestamp')}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest())
+    offered = [s.partition(",")[2] for s in headers.get("webhook-signature", "").split()]
+    return any(hmac.compare_digest(expected.decode(), o) for o in offered)
+
+
+def create_sink(secrets: dict[str, str], out: TextIO = sys.stdout) -> web.Application:
+    """``secrets`` maps a path (``/hooks/demo``) to its endpoint's signing secret."""
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        secret = secrets.get(request.path)
+        check = "unsigned?" if secret is None else ("valid" if verify(secret, headers, body) else "BAD")
+        preview = body[:200].decode("utf-8", "replace")
+        print(
+            f"sink {request.path} id={headers.get('webhook-id')} signature={check} "
+            f"bytes={len(body)} body={preview!r}",
+            file=out,
+            flush=True,
+        )
+        return web.json_response({"received": headers.get("webhook-id")})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("POST", "/{tail:.*}", receive)
+    return app

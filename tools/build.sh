@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the real peers the tests start (kube-apiserver, etcd, kubectl, helm,
+# jaeger, fake-gcs-server) from the Go modules pinned beside this script, into
+# .cache/bin/. A binary already there is kept; `make tools` calls this script.
+# Usage: tools/build.sh [NAME ...]   (default: every binary)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${HOOKLINE_BIN_DIR:-$here/../.cache/bin}
+mkdir -p "$bin"
+bin=$(cd "$bin" && pwd)
+export CGO_ENABLED=0 GOFLAGS=-trimpath
+
+kube_version=$(awk '$1=="k8s.io/kubernetes"{print $2}' "$here/kube/go.mod")
+kube_minor=$(echo "$kube_version" | cut -d. -f2)
+kube_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor"
+  kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+build() {  # name module-dir package [ldflags]
+  local name=$1 dir=$2 pkg=$3 flags=${4:-}
+  if [ -x "$bin/$name" ]; then echo "tools: $name present"; return; fi
+  echo "tools: building $name ($pkg) ..."
+  local start=$SECONDS
+  (cd "$here/$dir" && go build -ldflags "-s -w $flags" -o "$bin/$name.tmp" "$pkg")
+  mv "$bin/$name.tmp" "$bin/$name"
+  echo "tools: built $name in $((SECONDS - start)) s"
+}
+
+want=${*:-fake-gcs-server etcd kubectl kube-apiserver helm jaeger}
+for name in $want; do
+  case $name in
+    fake-gcs-server) build fake-gcs-server gcs github.com/fsouza/fake-gcs-server ;;
+    etcd)            build etcd kube go.etcd.io/etcd/server/v3 ;;
+    kubectl)         build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kube_ldflags" ;;
+    kube-apiserver)  build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags" ;;
+    helm)            build helm helm helm.sh/helm/v3/cmd/helm ;;
+    jaeger)          build jaeger jaeger github.com/jaegertracing/jaeger/cmd/jaeger ;;
+    *) echo "tools: unknown binary $name" >&2; exit 2 ;;
+  esac
+done
