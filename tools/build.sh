@@ -18,14 +18,25 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+# Binaries are kept per machine in $shared, named by a hash of the module that
+# pins them, and linked into .cache/bin: a fresh clone on the same machine (CI)
+# links them in seconds instead of rebuilding.
+shared=${HOOKLINE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hookline-tools}
+mkdir -p "$shared"
+
 build() {  # name module-dir package [ldflags]
   local name=$1 dir=$2 pkg=$3 flags=${4:-}
-  if [ -x "$bin/$name" ]; then echo "tools: $name present"; return; fi
-  echo "tools: building $name ($pkg) ..."
-  local start=$SECONDS
-  (cd "$here/$dir" && go build -ldflags "-s -w $flags" -o "$bin/$name.tmp" "$pkg")
-  mv "$bin/$name.tmp" "$bin/$name"
-  echo "tools: built $name in $((SECONDS - start)) s"
+  local sum
+  sum=$(cat "$here/$dir/go.mod" "$here/$dir/go.sum" | sha1sum | cut -c1-12)
+  local target="$shared/$name-$sum"
+  if [ ! -x "$target" ]; then
+    echo "tools: building $name ($pkg) ..."
+    local start=$SECONDS
+    (cd "$here/$dir" && go build -ldflags "-s -w $flags" -o "$target.tmp" "$pkg")
+    mv "$target.tmp" "$target"
+    echo "tools: built $name in $((SECONDS - start)) s"
+  fi
+  ln -sf "$target" "$bin/$name"
 }
 
 want=${*:-fake-gcs-server etcd kubectl kube-apiserver helm jaeger}

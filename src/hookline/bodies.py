@@ -32,7 +32,9 @@ def object_name(webhook_id: str, now: float | None = None) -> str:
 
 
 class BodyStore(Protocol):
-    async def put(self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int) -> tuple[str, int]:
+    async def put(
+        self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int
+    ) -> tuple[str, int]:
         """Store the chunks; returns (reference, size). Raises BodyTooLarge past ``limit``
         (nothing is left behind) and StoreUnavailable when the store cannot take it."""
         ...
@@ -65,7 +67,9 @@ class FilesystemBodyStore:
             raise StoreUnavailable(f"bodies: reference {ref!r} is outside the store")
         return path
 
-    async def put(self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int) -> tuple[str, int]:
+    async def put(
+        self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int
+    ) -> tuple[str, int]:
         ref = object_name(webhook_id)
         final = self._path(ref)
         tmp = final.with_name(final.name + ".part")

@@ -36,7 +36,7 @@ from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.errors import HooklineError
 from hookline.metrics import Metrics
-from hookline.queue import Queue
+from hookline.queue import DeadLetter, Queue
 from hookline.registry import Registry, RegistryCache
 
 log = logging.getLogger("hookline")
@@ -106,7 +106,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
         if not cache.loaded.is_set():
             return "endpoint registry not loaded"
         try:
-            await redis.ping()
+            await redis.ping()  # type: ignore[misc]
         except Exception as exc:  # any failure to answer means not ready
             return f"redis: {exc}"
         return None
@@ -132,7 +132,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
 async def _redis_answers(url: str) -> bool:
     client = aioredis.from_url(url, socket_connect_timeout=0.5)
     try:
-        await client.ping()
+        await client.ping()  # type: ignore[misc]
         return True
     except (OSError, aioredis.RedisError):
         return False
@@ -148,8 +148,19 @@ def start_redis(url: str, folder: Path) -> subprocess.Popen[bytes]:
     parts = urlsplit(url)
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [exe, "--port", str(parts.port or 6379), "--bind", parts.hostname or "127.0.0.1",
-         "--dir", str(folder), "--appendonly", "yes", "--save", ""],
+        [
+            exe,
+            "--port",
+            str(parts.port or 6379),
+            "--bind",
+            parts.hostname or "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C stops the stack first, then we stop redis
     )
@@ -183,14 +194,19 @@ async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink
     ]
     await asyncio.sleep(0.5)
     base = f"http://127.0.0.1:{config.receiver_port}"
-    print(f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
-          f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}")
+    print(
+        f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
+        f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}"
+    )
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
     if loaded:
-        print("\nSend one:\n  curl -i -X POST " + base + "/webhooks/send "
-              f"-H 'X-WH-Endpoint-Key: {loaded[0].key}' -H 'Content-Type: application/json' "
-              "-d '{\"type\":\"demo\",\"hello\":\"world\"}'\n", flush=True)
+        print(
+            "\nSend one:\n  curl -i -X POST " + base + "/webhooks/send "
+            f"-H 'X-WH-Endpoint-Key: {loaded[0].key}' -H 'Content-Type: application/json' "
+            '-d \'{"type":"demo","hello":"world"}\'\n',
+            flush=True,
+        )
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -210,10 +226,11 @@ async def send_main(args: argparse.Namespace) -> int:
         headers[name.strip()] = value.strip()
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    data = Path(args.file).read_bytes() if args.file else args.data.encode()
+    data = await asyncio.to_thread(Path(args.file).read_bytes) if args.file else args.data.encode()
     async with aiohttp.ClientSession() as session:
-        async with session.post(args.url.rstrip("/") + "/webhooks/send", data=data,
-                                headers=headers) as resp:
+        async with session.post(
+            args.url.rstrip("/") + "/webhooks/send", data=data, headers=headers
+        ) as resp:
             print(resp.status, await resp.text())
             return 0 if resp.status < 300 else 1
 
@@ -227,33 +244,47 @@ async def dlq_main(config: Config, args: argparse.Namespace) -> int:
         if args.action == "list":
             for letter in await queue.dead_letters(since, args.endpoint, args.limit):
                 wh = letter.webhook
-                print(f"{letter.id}  {wh.id}  {wh.endpoint}  attempts={wh.attempt}  "
-                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(letter.at))}  "
-                      f"{letter.reason}")
+                print(
+                    f"{letter.id}  {wh.id}  {wh.endpoint}  attempts={wh.attempt}  "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(letter.at))}  "
+                    f"{letter.reason}"
+                )
             return 0
         if args.action == "show":
-            letter = await queue.dead_letter(args.id)
-            if letter is None:
+            shown = await queue.dead_letter(args.id)
+            if shown is None:
                 print(f"no dead letter {args.id}", file=sys.stderr)
                 return 1
-            wh = letter.webhook
-            print(json.dumps({
-                "dead_letter_id": letter.id, "id": wh.id, "endpoint": wh.endpoint,
-                "reason": letter.reason, "pool": letter.pool, "attempts": wh.attempt,
-                "dead_at": letter.at, "created_at": wh.created_ms / 1000, "headers": wh.headers,
-                "size": wh.size, "body_ref": wh.body_ref,
-                "body": wh.body.decode("utf-8", "replace") if wh.body_ref is None else None,
-            }, indent=2))
+            wh = shown.webhook
+            print(
+                json.dumps(
+                    {
+                        "dead_letter_id": shown.id,
+                        "id": wh.id,
+                        "endpoint": wh.endpoint,
+                        "reason": shown.reason,
+                        "pool": shown.pool,
+                        "attempts": wh.attempt,
+                        "dead_at": shown.at,
+                        "created_at": wh.created_ms / 1000,
+                        "headers": wh.headers,
+                        "size": wh.size,
+                        "body_ref": wh.body_ref,
+                        "body": wh.body.decode("utf-8", "replace") if wh.body_ref is None else None,
+                    },
+                    indent=2,
+                )
+            )
             return 0
         # replay
-        letters = []
+        letters: list[DeadLetter] = []
         if args.ids:
             for ident in args.ids:
-                letter = await queue.dead_letter(ident)
-                if letter is None:
+                found = await queue.dead_letter(ident)
+                if found is None:
                     print(f"no dead letter {ident}", file=sys.stderr)
                     return 1
-                letters.append(letter)
+                letters.append(found)
         else:
             letters = await queue.dead_letters(since, args.endpoint, 1_000_000)
         replayed = 0
@@ -277,8 +308,17 @@ async def endpoints_main(config: Config) -> int:
         for ep in sorted((await registry.all()).values(), key=lambda e: e.id):
             s = await queue.stats(ep.id)
             state = "disabled" if ep.id in disabled else ("paused" if ep.paused else "active")
-            rows.append((ep.id, ep.pool, s.get("delivered", "0"), s.get("failed", "0"),
-                         s.get("dead", "0"), state, ep.url))
+            rows.append(
+                (
+                    ep.id,
+                    ep.pool,
+                    s.get("delivered", "0"),
+                    s.get("failed", "0"),
+                    s.get("dead", "0"),
+                    state,
+                    ep.url,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -53,11 +53,15 @@ class Config:
     pool: str = _setting("default", "the dispatcher pool (stream) this process serves")
     concurrency: int = _setting(256, "deliveries in flight per dispatcher process")
     read_batch: int = _setting(128, "entries read from the stream per call")
-    claim_idle: float = _setting(60.0, "seconds a pending entry may sit before another consumer takes it")
+    claim_idle: float = _setting(
+        60.0, "seconds a pending entry may sit before another consumer takes it"
+    )
     delivery_timeout: float = _setting(10.0, "default per-delivery deadline, seconds")
     response_cap: int = _setting(64 * KiB, "bytes of an endpoint's response body that are read")
     shutdown_grace: float = _setting(20.0, "seconds in-flight deliveries get after SIGTERM")
-    defer_delay: float = _setting(1.0, "seconds a paused or throttled delivery waits before it is tried")
+    defer_delay: float = _setting(
+        1.0, "seconds a paused or throttled delivery waits before it is tried"
+    )
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         (), "comma-separated CIDRs the dispatcher may deliver to although they are not public"
     )
@@ -73,7 +77,9 @@ class Config:
     retry_after_max: float = _setting(3600.0, "largest Retry-After an endpoint may ask for")
 
     # registry
-    registry_refresh: float = _setting(30.0, "full registry reload interval (pub/sub is the fast path)")
+    registry_refresh: float = _setting(
+        30.0, "full registry reload interval (pub/sub is the fast path)"
+    )
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

@@ -35,7 +35,9 @@ async def json_errors(
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
 
 
-def probe_routes(metrics: Metrics, ready: Callable[[], Awaitable[str | None]]) -> list[web.RouteDef]:
+def probe_routes(
+    metrics: Metrics, ready: Callable[[], Awaitable[str | None]]
+) -> list[web.RouteDef]:
     """``/healthz`` (the process answers), ``/readyz`` (``ready()`` returns no reason not to
     be) and ``/metrics``: the same three on every component."""
 

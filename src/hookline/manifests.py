@@ -64,7 +64,9 @@ def load_endpoints(folder: str | Path, config: Config) -> list[LoadedEndpoint]:
             return make
         value = data.get(ref.get("key", default_key))
         if not value:
-            raise InvalidSpec(f"Secret {ref.get('name')!r} has no key {ref.get('key', default_key)!r}")
+            raise InvalidSpec(
+                f"Secret {ref.get('name')!r} has no key {ref.get('key', default_key)!r}"
+            )
         return value
 
     out = []

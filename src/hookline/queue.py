@@ -2,9 +2,9 @@
 
 Layout (``P`` is the configured prefix, ``pool`` the dispatcher pool):
 
-* ``P:stream:pool``     stream of packed :class:`~hookline.models.Webhook` entries (field ``d``),
+* ``P:stream:pool``     stream of packed :class:`~hookline.models.Webhook` entries (``d``),
   read by the consumer group ``dispatchers``
-* ``P:retry:pool``      sorted set: retry uid → due time (ms); ``P:retrydata:pool`` holds the entries
+* ``P:retry:pool``      sorted set: retry uid → due time (ms), entries in ``P:retrydata:pool``
 * ``P:dead``            stream: dead letters with their reason, pool and endpoint
 * ``P:idem:HASH``       an Idempotency-Key's first webhook id
 * ``P:stats:ENDPOINT``  per-endpoint figures (delivered, failed, dead, duplicates, last outcomes)
@@ -292,9 +292,7 @@ class Queue:
     async def delivered(self, pool: str, msg_id: bytes, endpoint_id: str) -> bool:
         """Record a delivery; False when the entry had already been settled (a duplicate)."""
         keys = [self.stream(pool), self.stats_key(endpoint_id)]
-        return bool(
-            await self._run(self._script("delivered", keys, [GROUP, msg_id, _now_ms()]))
-        )
+        return bool(await self._run(self._script("delivered", keys, [GROUP, msg_id, _now_ms()])))
 
     async def reschedule(
         self,
@@ -350,7 +348,7 @@ class Queue:
 
     async def stats(self, endpoint_id: str) -> dict[str, str]:
         try:
-            raw = await self.redis.hgetall(self.stats_key(endpoint_id))
+            raw = await self.redis.hgetall(self.stats_key(endpoint_id))  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"queue: {exc}") from exc
         return {_s(k): _s(v) for k, v in raw.items()}
@@ -369,7 +367,7 @@ class Queue:
                     break
                 for mid, fields in batch:
                     letter = _dead_letter(mid, fields)
-                    if (endpoint is None or letter.webhook.endpoint == endpoint):
+                    if endpoint is None or letter.webhook.endpoint == endpoint:
                         out.append(letter)
                 if len(batch) < 500:
                     break

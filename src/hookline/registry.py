@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -61,7 +61,7 @@ class Registry:
         self.channel = f"{prefix}:registry"
         self._put = redis.register_script(_PUT)
 
-    async def _call(self, op: Awaitable[Any]) -> Any:
+    async def _call(self, op: Any) -> Any:
         try:
             return await op
         except (RedisError, OSError) as exc:

@@ -39,7 +39,9 @@ class Signer:
     def __init__(self, secrets: tuple[SigningSecret, ...], msg_id: str, timestamp: int, now: float):
         prefix = f"{msg_id}.{timestamp}.".encode()
         self._macs = [
-            hmac.new(secret_bytes(s.secret), prefix, hashlib.sha256) for s in secrets if s.valid(now)
+            hmac.new(secret_bytes(s.secret), prefix, hashlib.sha256)
+            for s in secrets
+            if s.valid(now)
         ]
 
     def update(self, chunk: bytes) -> None:

@@ -6,9 +6,9 @@ secret and prints one line per webhook, so ``make dev`` shows the whole path.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
-import base64
 import sys
 from typing import TextIO
 
@@ -31,7 +31,9 @@ def create_sink(secrets: dict[str, str], out: TextIO = sys.stdout) -> web.Applic
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         secret = secrets.get(request.path)
-        check = "unsigned?" if secret is None else ("valid" if verify(secret, headers, body) else "BAD")
+        check = (
+            "unsigned?" if secret is None else ("valid" if verify(secret, headers, body) else "BAD")
+        )
         preview = body[:200].decode("utf-8", "replace")
         print(
             f"sink {request.path} id={headers.get('webhook-id')} signature={check} "

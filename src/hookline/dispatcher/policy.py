@@ -27,11 +27,12 @@ class GiveUp:
 
 
 def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
-    """Delay before attempt ``attempt + 1``: base·2^(attempt−1), capped, with ±25% jitter
+    """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with ±25% jitter
     so that a burst of failures does not come back as a burst."""
-    raw = policy.base_seconds * 2 ** max(0, attempt - 1)
+    raw = policy.base_seconds * 2.0 ** max(0, attempt - 1)
     capped = min(policy.max_backoff_seconds, raw)
-    return capped * (rng or random).uniform(0.75, 1.25)
+    jitter: float = (rng or random).uniform(0.75, 1.25)
+    return capped * jitter
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -59,6 +60,7 @@ def decide(
         delay = min(max(outcome.retry_after, 0.0), retry_after_max)
     age = now - webhook.created_ms / 1000
     if age + delay > policy.max_age_seconds:
-        return GiveUp(f"gave up at age {age:.0f} s (max {policy.max_age_seconds:.0f} s): "
-                      f"{outcome.reason}")
+        return GiveUp(
+            f"gave up at age {age:.0f} s (max {policy.max_age_seconds:.0f} s): {outcome.reason}"
+        )
     return Retry(delay)

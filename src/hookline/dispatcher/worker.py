@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -238,11 +239,13 @@ class Dispatcher:
                 self.metrics.delivery_latency.observe(latency)
                 return classify(resp.status, resp.headers.get("Retry-After"), latency)
         except TimeoutError:
-            return Failed(f"timed out after {endpoint.timeout_seconds:g} s", None,
-                          time.monotonic() - start)
+            return Failed(
+                f"timed out after {endpoint.timeout_seconds:g} s", None, time.monotonic() - start
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            return Failed(f"connection failed: {exc or type(exc).__name__}", None,
-                          time.monotonic() - start)
+            return Failed(
+                f"connection failed: {exc or type(exc).__name__}", None, time.monotonic() - start
+            )
         except StoreUnavailable as exc:  # the body store failed while streaming
             return Deferred(f"body store unavailable: {exc}", 5.0)
 
@@ -289,7 +292,7 @@ class Dispatcher:
             self.metrics.retries.inc()
 
     async def _dead(
-        self, msg_id: bytes, webhook: Webhook, reason: str, failure: dict[str, object] | None = None
+        self, msg_id: bytes, webhook: Webhook, reason: str, failure: dict[str, Any] | None = None
     ) -> None:
         try:
             if await self.queue.dead(self.pool, msg_id, webhook, reason, failure):

@@ -36,18 +36,35 @@ KEY_HEADER = "X-WH-Endpoint-Key"
 DROPPED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
-        "Authorization", "Cookie", "Set-Cookie", KEY_HEADER, "Idempotency-Key",
-        "webhook-id", "webhook-timestamp", "webhook-signature", "traceparent", "tracestate",
-        "uber-trace-id", "baggage",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "Authorization",
+        "Cookie",
+        "Set-Cookie",
+        KEY_HEADER,
+        "Idempotency-Key",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "traceparent",
+        "tracestate",
+        "uber-trace-id",
+        "baggage",
     )
 )
 
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 CACHE: web.AppKey[RegistryCache] = web.AppKey("cache", RegistryCache)
 QUEUE: web.AppKey[Queue] = web.AppKey("queue", Queue)
-BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)  # type: ignore[type-abstract]
+BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
@@ -102,7 +119,9 @@ class Ingest:
         if endpoint is None:
             if not self.cache.loaded.is_set():
                 return self.refuse(
-                    503, "registry_unavailable", "the endpoint registry is not loaded yet",
+                    503,
+                    "registry_unavailable",
+                    "the endpoint registry is not loaded yet",
                     **{"Retry-After": self.retry_after},
                 )
             return self.refuse(401, "unknown_key", "no endpoint has this key")
@@ -149,7 +168,9 @@ class Ingest:
         except StoreUnavailable as exc:
             log.warning("body store unavailable: %s", exc)
             return self.refuse(
-                503, "store_unavailable", "the body store is unavailable",
+                503,
+                "store_unavailable",
+                "the body store is unavailable",
                 **{"Retry-After": self.retry_after},
             )
         webhook = Webhook(
@@ -171,7 +192,9 @@ class Ingest:
             log.warning("queue unavailable: %s", exc)
             await self._discard(ref)
             return self.refuse(
-                503, "store_unavailable", "the queue is unavailable",
+                503,
+                "store_unavailable",
+                "the queue is unavailable",
                 **{"Retry-After": self.retry_after},
             )
         except BaseException:
@@ -197,7 +220,7 @@ def _readiness(
         if not cache.loaded.is_set():
             return "endpoint registry not loaded"
         try:
-            await queue.redis.ping()
+            await queue.redis.ping()  # type: ignore[misc]
         except Exception as exc:  # any failure to answer means not ready
             return f"redis: {exc}"
         try:

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hookline.config import Config
+from tests.peers import Endpoint, RedisServer
+from tests.stack import Stack, test_config
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop or restart it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def config(redis_server: RedisServer, tmp_path: Path) -> Config:
+    return test_config(redis_server.url, f"t{uuid.uuid4().hex[:10]}", str(tmp_path / "bodies"))
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    server = Endpoint()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def stack(config: Config) -> AsyncIterator[Stack]:
+    s = await Stack(config).start()
+    yield s
+    await s.stop()

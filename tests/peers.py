@@ -1,0 +1,227 @@
+"""Real peers for the tests: a redis-server process and HTTP endpoints on loopback.
+
+Nothing here is a mock: ``RedisServer`` runs Debian's ``redis-server`` binary,
+``Endpoint`` is a real aiohttp server whose behaviour each test programs. A
+missing binary fails the test with the reason, it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: {hint}", pytrace=False)
+    return path
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port; restartable with its data (AOF)."""
+
+    def __init__(self, folder: Path, appendonly: bool = True) -> None:
+        self.exe = require_binary("redis-server", "run `make test` (it installs redis-server)")
+        self.folder = folder
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.proc.returncode}", pytrace=False)
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        pytest.fail("redis-server did not answer within 10 s", pytrace=False)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+async def ok(_: web.Request, __: int) -> web.StreamResponse:
+    return web.json_response({"ok": True})
+
+
+def status(code: int, headers: dict[str, str] | None = None) -> Behaviour:
+    async def answer(_: web.Request, __: int) -> web.StreamResponse:
+        return web.Response(status=code, text=f"status {code}", headers=headers)
+
+    return answer
+
+
+def fail_then_ok(failures: int, code: int = 500) -> Behaviour:
+    """The first ``failures`` requests for a webhook id get ``code``, then 200."""
+
+    async def answer(request: web.Request, nth: int) -> web.StreamResponse:
+        if nth <= failures:
+            return web.Response(status=code, text="not yet")
+        return web.json_response({"ok": True})
+
+    return answer
+
+
+def slow(seconds: float) -> Behaviour:
+    async def answer(_: web.Request, __: int) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.json_response({"ok": True})
+
+    return answer
+
+
+def redirect(location: str) -> Behaviour:
+    async def answer(_: web.Request, __: int) -> web.StreamResponse:
+        raise web.HTTPFound(location)
+
+    return answer
+
+
+async def close_connection(request: web.Request, _: int) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(0.1)
+    raise ConnectionResetError("closed by the test endpoint")
+
+
+@dataclass
+class Endpoint:
+    """A real HTTP server on loopback; each path answers as its behaviour says."""
+
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Condition | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str, behaviour: Behaviour) -> str:
+        self.behaviours[path] = behaviour
+        return self.url(path)
+
+    async def start(self) -> None:
+        self._arrived = asyncio.Condition()
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        wid = headers.get("webhook-id", "")
+        nth = 1 + sum(1 for r in self.received if r.headers.get("webhook-id") == wid)
+        self.received.append(Received(request.path, headers, body, time.time()))
+        assert self._arrived is not None
+        async with self._arrived:
+            self._arrived.notify_all()
+        behaviour = self.behaviours.get(request.path, ok)
+        return await behaviour(request, nth)
+
+    def ids(self, path: str | None = None) -> Counter[str]:
+        return Counter(
+            r.headers.get("webhook-id", "") for r in self.received if path is None or r.path == path
+        )
+
+    async def wait_for(self, predicate: Callable[[], bool], seconds: float, what: str) -> None:
+        """Wait until ``predicate()`` holds; fail naming ``what`` after ``seconds`` seconds."""
+        assert self._arrived is not None
+
+        async def until() -> None:
+            assert self._arrived is not None
+            async with self._arrived:
+                await self._arrived.wait_for(predicate)
+
+        try:
+            await asyncio.wait_for(until(), seconds)
+        except TimeoutError:
+            pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], seconds: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``check`` where no event can be awaited; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(interval)
+    pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)

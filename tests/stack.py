@@ -1,0 +1,171 @@
+"""A whole hookline in the test process: receiver on a real port, dispatchers, real Redis.
+
+Tests drive it as a sender would (HTTP POSTs to the receiver) and observe what
+endpoints receive; components are the real ones, built with real dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from hookline.bodies import BodyStore, FilesystemBodyStore
+from hookline.cli import client_session, redis_client
+from hookline.config import Config
+from hookline.dispatcher import Dispatcher
+from hookline.http import serve
+from hookline.manifests import new_key
+from hookline.metrics import Metrics
+from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
+from hookline.queue import Queue
+from hookline.receiver import create_app
+from hookline.registry import Registry, RegistryCache
+from hookline.signing import new_secret
+from tests.peers import eventually, free_port
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def test_config(redis_url: str, prefix: str, body_dir: str, **overrides: Any) -> Config:
+    """Settings for tests: fast retries and reclaim, loopback endpoints allowed."""
+    base = Config(
+        redis_url=redis_url,
+        prefix=prefix,
+        receiver_host="127.0.0.1",
+        receiver_port=free_port(),
+        dispatcher_port=0,
+        body_dir=body_dir,
+        retry_base=0.05,
+        retry_max_backoff=0.2,
+        claim_idle=2.0,
+        defer_delay=0.1,
+        allow_cidrs=LOOPBACK,
+        registry_refresh=5.0,
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Running:
+    dispatcher: Dispatcher
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    session: aiohttp.ClientSession
+
+
+@dataclass
+class Stack:
+    config: Config
+    bodies: BodyStore | None = None
+    redis: aioredis.Redis = field(init=False)
+    registry: Registry = field(init=False)
+    queue: Queue = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
+    dispatchers: list[Running] = field(default_factory=list)
+    _stop_receiver: asyncio.Event = field(default_factory=asyncio.Event)
+    _receiver: asyncio.Task[None] | None = None
+    client: aiohttp.ClientSession | None = None
+    secrets: dict[str, str] = field(default_factory=dict)
+    caches: list[RegistryCache] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.receiver_port}"
+
+    async def start(self, dispatchers: int = 1) -> Stack:
+        self.redis = redis_client(self.config)
+        self.registry = Registry(self.redis, self.config.prefix)
+        self.queue = Queue(self.redis, self.config.prefix, self.config.idempotency_ttl)
+        if self.bodies is None:
+            self.bodies = FilesystemBodyStore(self.config.body_dir)
+        await self.start_receiver()
+        for _ in range(dispatchers):
+            await self.start_dispatcher()
+        self.client = aiohttp.ClientSession()
+        return self
+
+    async def start_receiver(self) -> None:
+        assert self.bodies is not None
+        self._stop_receiver = asyncio.Event()
+        cache = RegistryCache(self.registry, self.config.registry_refresh)
+        app = create_app(self.config, cache, self.queue, self.bodies, self.metrics)
+        self._receiver = asyncio.create_task(
+            serve(app, self.config.receiver_host, self.config.receiver_port, self._stop_receiver)
+        )
+        self.caches.append(cache)
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", self.config.receiver_port)
+                w.close()
+                break
+            await asyncio.sleep(0.02)
+
+    async def start_dispatcher(self, **overrides: Any) -> Running:
+        assert self.bodies is not None
+        config = replace(self.config, **overrides)
+        session = client_session(config)
+        cache = RegistryCache(self.registry, config.registry_refresh)
+        self.caches.append(cache)
+        dispatcher = Dispatcher(
+            config, cache, self.registry, self.queue, self.bodies, self.metrics, session
+        )
+        stop = asyncio.Event()
+        running = Running(dispatcher, stop, asyncio.create_task(dispatcher.run(stop)), session)
+        self.dispatchers.append(running)
+        return running
+
+    async def stop_dispatcher(self, running: Running) -> None:
+        running.stop.set()
+        await running.task
+        await running.session.close()
+        self.dispatchers.remove(running)
+
+    async def stop(self) -> None:
+        for running in list(self.dispatchers):
+            await self.stop_dispatcher(running)
+        self._stop_receiver.set()
+        if self._receiver is not None:
+            await self._receiver
+        if self.client is not None:
+            await self.client.close()
+        await self.redis.aclose()
+
+    async def add_endpoint(
+        self, url: str, name: str | None = None, **spec: Any
+    ) -> tuple[Endpoint, str]:
+        """Register an endpoint for ``url``; returns it and its ingest key."""
+        key = new_key()
+        secret = new_secret()
+        name = name or f"ep-{len(self.secrets)}"
+        endpoint = endpoint_from_spec(
+            f"test/{name}", {"url": url, **spec}, [key], [SigningSecret(secret)], self.config
+        )
+        await self.registry.put(endpoint)
+        self.secrets[endpoint.id] = secret
+        await self.propagated(lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered")
+        return endpoint, key
+
+    async def propagated(self, check: Callable[[RegistryCache], bool], what: str) -> None:
+        """Wait until every running component's registry cache satisfies ``check``."""
+
+        async def all_caches() -> bool:
+            return all(check(c) for c in self.caches if c.loaded.is_set())
+
+        await eventually(all_caches, 2.0, what)
+
+    async def send(
+        self, key: str | None, body: bytes = b'{"hello":"world"}', **headers: str
+    ) -> tuple[int, dict[str, Any]]:
+        assert self.client is not None
+        h = {"Content-Type": "application/json", **headers}
+        if key is not None:
+            h["X-WH-Endpoint-Key"] = key
+        async with self.client.post(self.url + "/webhooks/send", data=body, headers=h) as resp:
+            return resp.status, await resp.json()
