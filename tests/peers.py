@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,19 @@ def require_binary(name: str, hint: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: {hint}", pytrace=False)
     return path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tool_binary(name: str) -> str:
+    """A test peer built by ``make tools`` (kube-apiserver, etcd, kubectl, helm, jaeger,
+    fake-gcs-server), from ``HOOKLINE_BIN_DIR`` or the repository's ``.cache/bin``."""
+    folder = Path(os.environ.get("HOOKLINE_BIN_DIR", REPO / ".cache" / "bin"))
+    path = folder / name
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: run `make tools` (see tools/README.md)", pytrace=False)
+    return str(path)
 
 
 class RedisServer:
