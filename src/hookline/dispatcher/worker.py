@@ -87,14 +87,23 @@ class Dispatcher:
         ``shutdown_grace`` seconds, and leave whatever did not finish pending for
         another dispatcher (nothing is lost, it may be delivered twice)."""
         await self.cache.start()
-        await self.cache.loaded.wait()
-        while True:
-            try:
-                await self.queue.ensure_group(self.pool)
-                break
-            except StoreUnavailable as exc:
-                log.warning("cannot create the consumer group: %s", exc)
-                await asyncio.sleep(1.0)
+        stopped = asyncio.create_task(stop.wait())
+        loaded = asyncio.create_task(self.cache.loaded.wait())
+        try:
+            await asyncio.wait([stopped, loaded], return_when=asyncio.FIRST_COMPLETED)
+            while not stop.is_set():
+                try:
+                    await self.queue.ensure_group(self.pool)
+                    break
+                except StoreUnavailable as exc:
+                    log.warning("cannot create the consumer group: %s", exc)
+                    await asyncio.wait([stopped], timeout=1.0)
+        finally:
+            stopped.cancel()
+            loaded.cancel()
+        if stop.is_set():
+            await self.cache.stop()
+            return
         loops = [
             asyncio.create_task(self._read_loop(), name="read"),
             asyncio.create_task(self._claim_loop(), name="claim"),

@@ -1,0 +1,7 @@
+"""``python -m hookline`` is the ``hookline`` command."""
+
+import sys
+
+from hookline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""Delivery: retries, dead letters, reclaiming, restarts and shutdown, against real endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from hookline.config import Config
+from tests.peers import (
+    Endpoint,
+    RedisServer,
+    close_connection,
+    eventually,
+    fail_then_ok,
+    redirect,
+    slow,
+    status,
+)
+from tests.stack import Stack
+
+
+async def test_5xx_then_2xx_is_delivered_after_a_retry(stack: Stack, endpoint: Endpoint) -> None:
+    ep, key = await stack.add_endpoint(endpoint.on("/flaky", fail_then_ok(2, 503)))
+    _, body = await stack.send(key)
+    wid = body["id"]
+    await endpoint.wait_for(lambda: endpoint.ids()[wid] == 3, 10, "three attempts")
+
+    async def settled() -> bool:
+        s = await stack.queue.stats(ep.id)
+        return s.get("delivered") == "1" and s.get("failed") == "2"
+
+    await eventually(settled, 5, "1 delivered and 2 failed attempts in the figures")
+    assert [r.headers["webhook-id"] for r in endpoint.received] == [wid] * 3
+    assert await stack.queue.dead_letters() == []
+
+
+async def test_always_failing_endpoint_ends_in_the_dead_letter_with_its_reason(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    ep, key = await stack.add_endpoint(endpoint.on("/down", status(500)), retry={"attempts": 3})
+    _, body = await stack.send(key, b"payload")
+
+    async def dead() -> bool:
+        return len(await stack.queue.dead_letters()) == 1
+
+    await eventually(dead, 10, "the dead letter")
+    (letter,) = await stack.queue.dead_letters()
+    assert letter.webhook.id == body["id"]
+    assert letter.webhook.attempt == 3
+    assert letter.webhook.body == b"payload"
+    assert "gave up after 3 attempts" in letter.reason and "500" in letter.reason
+    assert endpoint.ids()[body["id"]] == 3
+    assert (await stack.queue.stats(ep.id))["dead"] == "1"
+    assert (await stack.queue.backlog("default"))["retry_scheduled"] == 0
+
+
+async def test_redirects_timeouts_and_dropped_connections_are_retryable_failures(
+    config: Config, endpoint: Endpoint
+) -> None:
+    stack = await Stack(config).start()
+    try:
+        target = endpoint.on("/target", status(200))
+        cases = {
+            "/redirect": (redirect(target), "redirect (302) not followed"),
+            "/slow": (slow(5), "timed out after 0.3 s"),
+            "/drop": (close_connection, "connection failed"),
+        }
+        for path, (behaviour, _) in cases.items():
+            _, key = await stack.add_endpoint(
+                endpoint.on(path, behaviour),
+                name=path[1:],
+                retry={"attempts": 2},
+                timeoutSeconds=0.3,
+            )
+            await stack.send(key)
+
+        async def three_dead() -> bool:
+            return len(await stack.queue.dead_letters()) == 3
+
+        await eventually(three_dead, 15, "three dead letters")
+        reasons = {d.webhook.endpoint: d.reason for d in await stack.queue.dead_letters()}
+        for path, (_, reason) in cases.items():
+            assert reason in reasons[f"test/{path[1:]}"]
+        assert "/target" not in {r.path for r in endpoint.received}, "a redirect was followed"
+    finally:
+        await stack.stop()
+
+
+async def test_retry_after_from_a_429_is_honoured(stack: Stack, endpoint: Endpoint) -> None:
+    calls: list[float] = []
+
+    async def throttled(request: object, nth: int) -> object:
+        calls.append(asyncio.get_running_loop().time())
+        if nth == 1:
+            return await status(429, {"Retry-After": "1"})(request, nth)  # type: ignore[arg-type]
+        return await status(200)(request, nth)  # type: ignore[arg-type]
+
+    _, key = await stack.add_endpoint(endpoint.on("/t", throttled))  # type: ignore[arg-type]
+    await stack.send(key)
+    await endpoint.wait_for(lambda: len(endpoint.received) == 2, 5, "the retry")
+    # The backoff alone would be 0.05 s; the endpoint asked for a second.
+    assert calls[1] - calls[0] >= 0.9
+
+
+async def test_queued_webhooks_survive_a_redis_restart_with_aof(
+    own_redis: RedisServer, config: Config, endpoint: Endpoint
+) -> None:
+    cfg = replace(config, redis_url=own_redis.url)
+    stack = await Stack(cfg).start(dispatchers=0)
+    try:
+        _, key = await stack.add_endpoint(endpoint.url("/a"))
+        ids = [(await stack.send(key, f"n{i}".encode()))[1]["id"] for i in range(20)]
+        own_redis.stop(kill=True)  # kill -9: only the AOF keeps them
+        own_redis.start()
+        await stack.start_dispatcher()
+        await endpoint.wait_for(lambda: set(ids) <= set(endpoint.ids()), 15, "all 20 deliveries")
+    finally:
+        await stack.stop()
+
+
+async def test_a_lost_consumer_group_is_recreated_from_the_start_of_the_stream(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    _, key = await stack.add_endpoint(endpoint.url("/a"))
+    first = (await stack.send(key))[1]["id"]
+    await endpoint.wait_for(lambda: first in endpoint.ids(), 5, "the first delivery")
+    running = stack.dispatchers[0]
+    await stack.stop_dispatcher(running)
+    second = (await stack.send(key))[1]["id"]
+    await stack.redis.xgroup_destroy(stack.queue.stream("default"), "dispatchers")
+    third = (await stack.send(key))[1]["id"]
+    await stack.start_dispatcher()
+    await endpoint.wait_for(
+        lambda: {second, third} <= set(endpoint.ids()), 10, "webhooks enqueued before the group"
+    )
+
+
+async def test_entries_of_a_dispatcher_that_vanished_are_reclaimed(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    _, key = await stack.add_endpoint(endpoint.url("/a"))
+    await stack.stop_dispatcher(stack.dispatchers[0])
+    ids = [(await stack.send(key))[1]["id"] for _ in range(5)]
+    # A consumer reads the entries and is never heard of again (as after kill -9).
+    taken = await stack.queue.read("default", "ghost", 10, block_ms=100)
+    assert len(taken) == 5
+    await stack.start_dispatcher()
+    await endpoint.wait_for(lambda: set(ids) <= set(endpoint.ids()), 10, "reclaimed deliveries")
+
+
+async def test_sigterm_during_deliveries_loses_nothing(config: Config, endpoint: Endpoint) -> None:
+    stack = await Stack(replace(config, shutdown_grace=0.2)).start(dispatchers=0)
+    try:
+        _, key = await stack.add_endpoint(endpoint.on("/slow", slow(1.0)))
+        ids = {(await stack.send(key, f"{i}".encode()))[1]["id"] for i in range(30)}
+        first = await stack.start_dispatcher()
+        await endpoint.wait_for(lambda: len(endpoint.received) >= 10, 5, "deliveries in flight")
+        # What SIGTERM does: stop reading, wait the grace, release the rest.
+        await stack.stop_dispatcher(first)
+        await stack.start_dispatcher()
+        await endpoint.wait_for(lambda: ids <= set(endpoint.ids()), 20, "every webhook delivered")
+    finally:
+        await stack.stop()
+
+
+async def test_410_gone_disables_the_endpoint_and_dead_letters_what_is_queued(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    ep, key = await stack.add_endpoint(endpoint.on("/gone", status(410)))
+    await stack.send(key)
+
+    async def disabled() -> bool:
+        return ep.id in await stack.registry.disabled()
+
+    await eventually(disabled, 5, "the endpoint to be disabled")
+    await stack.propagated(lambda c: c.disabled_reason(ep.id) is not None, "disabled state")
+    status_, body = await stack.send(key)
+    assert (status_, body["error"]) == (409, "endpoint_disabled")
+    assert "410" in body["reason"]
+    (letter,) = await stack.queue.dead_letters()
+    assert "410" in letter.reason
