@@ -214,17 +214,16 @@ class Endpoint:
             r.headers.get("webhook-id", "") for r in self.received if path is None or r.path == path
         )
 
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked after every request."""
+        assert self._arrived is not None
+        async with self._arrived:
+            await self._arrived.wait_for(predicate)
+
     async def wait_for(self, predicate: Callable[[], bool], seconds: float, what: str) -> None:
         """Wait until ``predicate()`` holds; fail naming ``what`` after ``seconds`` seconds."""
-        assert self._arrived is not None
-
-        async def until() -> None:
-            assert self._arrived is not None
-            async with self._arrived:
-                await self._arrived.wait_for(predicate)
-
         try:
-            await asyncio.wait_for(until(), seconds)
+            await asyncio.wait_for(self.until(predicate), seconds)
         except TimeoutError:
             pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
 
