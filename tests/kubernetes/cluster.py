@@ -110,22 +110,23 @@ class ControlPlane:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         log = self.folder / "etcd.log"
-        self.etcd = subprocess.Popen(
-            [
-                self.etcd_bin,
-                "--name=test",
-                f"--data-dir={self.folder / 'etcd'}",
-                f"--listen-client-urls={self.etcd_url}",
-                f"--advertise-client-urls={self.etcd_url}",
-                f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-cluster=test=http://127.0.0.1:{peer}",
-                "--unsafe-no-fsync=true",
-                "--log-level=warn",
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:
+            self.etcd = subprocess.Popen(
+                [
+                    self.etcd_bin,
+                    "--name=test",
+                    f"--data-dir={self.folder / 'etcd'}",
+                    f"--listen-client-urls={self.etcd_url}",
+                    f"--advertise-client-urls={self.etcd_url}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-cluster=test=http://127.0.0.1:{peer}",
+                    "--unsafe-no-fsync=true",
+                    "--log-level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         _wait_http(f"{self.etcd_url}/health", 30, "etcd", self.etcd, log)
 
     def _start_apiserver(self) -> None:
@@ -140,31 +141,32 @@ class ControlPlane:
         tokens = self.folder / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
         log = self.folder / "kube-apiserver.log"
-        self.apiserver = subprocess.Popen(
-            [
-                self.apiserver_bin,
-                f"--etcd-servers={self.etcd_url}",
-                f"--cert-dir={certs}",
-                f"--secure-port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
-                "--disable-admission-plugins=ServiceAccount",
-                f"--service-account-issuer={self.url}",
-                f"--service-account-key-file={key}",
-                f"--service-account-signing-key-file={key}",
-                f"--token-auth-file={tokens}",
-                "--allow-privileged=true",
-                # Less work on a small machine; none of it matters to these tests.
-                "--endpoint-reconciler-type=none",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:
+            self.apiserver = subprocess.Popen(
+                [
+                    self.apiserver_bin,
+                    f"--etcd-servers={self.etcd_url}",
+                    f"--cert-dir={certs}",
+                    f"--secure-port={self.port}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--authorization-mode=RBAC",
+                    "--disable-admission-plugins=ServiceAccount",
+                    f"--service-account-issuer={self.url}",
+                    f"--service-account-key-file={key}",
+                    f"--service-account-signing-key-file={key}",
+                    f"--token-auth-file={tokens}",
+                    "--allow-privileged=true",
+                    # Less work on a small machine; none of it matters to these tests.
+                    "--endpoint-reconciler-type=none",
+                    "--enable-priority-and-fairness=false",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         # The serving certificate is written at start; trust it once it exists.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
@@ -249,12 +251,13 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, seconds: float = 30) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hookline.cli", "operator"],
-            env=self.env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hookline.cli", "operator"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         _wait_http(
             f"http://127.0.0.1:{self.port}/readyz",
             seconds,

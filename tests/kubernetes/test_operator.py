@@ -3,9 +3,9 @@ registry records, and the status says what happened."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -25,7 +25,7 @@ from tests.kubernetes.helpers import (
     until_status,
 )
 from tests.peers import RedisServer, eventually
-from tests.stack import test_config
+from tests.stack import test_config as make_config
 
 URL = "https://hooks.example.com/in"
 
@@ -162,7 +162,7 @@ async def test_delete_when_the_record_is_already_missing_does_not_stick(
 async def test_flushed_redis_is_refilled_within_one_interval(
     cluster: ControlPlane, namespace: str, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    config = test_config(own_redis.url, "flush", str(tmp_path / "bodies"))
+    config = make_config(own_redis.url, "flush", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
     registry = Registry(client, config.prefix)
@@ -206,33 +206,53 @@ async def test_restarted_operator_handles_nothing_twice(
         "wait", "--for=condition=Ready", "--timeout=10s", "-n", namespace, "whe/steady"
     )
     record = await registered(registry, f"{namespace}/steady", operator)
+    await until_status(
+        cluster,
+        "steady",
+        namespace,
+        lambda s: "delivered" in s,
+        INTERVAL + 5,
+        "the figures in the status",
+        operator,
+    )
+    endpoint_before = await cluster.get("whe", "steady", namespace)
     secret_before = await cluster.get("secret", "steady-key", namespace)
     events_before = (await cluster.akubectl("get", "events", "-n", namespace, "-o", "json")).stdout
 
     async with registry.redis.pubsub() as pubsub:
         await pubsub.subscribe(registry.channel)
         assert operator.stop() == 0
+        resumed = len(operator.handled("Handler 'resume' succeeded"))
+        ticks = len(operator.handled("Timer 'refresh' succeeded"))
         operator.start()
-        # Resumed, and a few timer ticks gone by: by then anything redone would show.
-        await eventually(_logged(operator, "Handler 'resume' succeeded"), 10, "the resume handler")
-        await asyncio.sleep(3 * INTERVAL)
+        # Resumed, and three timer ticks gone by: anything it would redo shows by then.
+        await eventually(
+            _logged(operator, "Handler 'resume' succeeded", resumed + 1), 10, "the resume"
+        )
+        await eventually(
+            _logged(operator, "Timer 'refresh' succeeded", ticks + 3), 10, "three timer ticks"
+        )
         writes = []
         while msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1):
             writes.append(msg)
     assert writes == [], "the restarted operator rewrote the registry"
     assert await registry.get(f"{namespace}/steady") == record
-    secret_after = await cluster.get("secret", "steady-key", namespace)
-    assert secret_before is not None and secret_after is not None
-    assert (
-        secret_after["metadata"]["resourceVersion"] == secret_before["metadata"]["resourceVersion"]
-    )
     assert len(operator.handled("Handler 'create' succeeded")) == 1
+    for kind, name, before in (
+        ("secret", "steady-key", secret_before),
+        ("whe", "steady", endpoint_before),
+    ):
+        after = await cluster.get(kind, name, namespace)
+        assert before is not None and after is not None
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
+            f"{kind}/{name} was written by the restarted operator"
+        )
     events_after = (await cluster.akubectl("get", "events", "-n", namespace, "-o", "json")).stdout
     assert len(json.loads(events_after)["items"]) == len(json.loads(events_before)["items"])
 
 
-def _logged(op: OperatorProcess, phrase: str):  # type: ignore[no-untyped-def]
+def _logged(op: OperatorProcess, phrase: str, count: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return bool(op.handled(phrase))
+        return len(op.handled(phrase)) >= count
 
     return check

@@ -113,7 +113,11 @@ def build(config: Config, reconciler: Reconciler, kube: Kube) -> kopf.OperatorRe
         except StoreUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=min(5.0, config.operator_interval)) from exc
 
-    @kopf.on.event("v1", "secrets", registry=registry, id="secrets")
+    def referenced(namespace: str | None, name: str | None, **_: Any) -> bool:
+        # Only the Secrets of known endpoints; the rest of the cluster's pass unhandled.
+        return bool(namespace and name and reconciler.referencing(namespace, name))
+
+    @kopf.on.event("v1", "secrets", registry=registry, id="secrets", when=referenced)
     async def secret_changed(
         event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
     ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 import kopf
 from aiohttp import web
@@ -40,11 +39,10 @@ def run(config: Config) -> int:
         return runner.run(operate(config))
 
 
-async def operate(config: Config, stop: asyncio.Event | None = None) -> int:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (kopf installs the handlers) or until ``stop_flag`` is set."""
+    stop = asyncio.Event()  # stops the probe server once kopf has finished
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
     try:
         kubeconfig = KubeConfig.from_env()
     except ConfigError as exc:
@@ -83,7 +81,7 @@ async def operate(config: Config, stop: asyncio.Event | None = None) -> int:
             peering_name=config.operator_peering or None,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            stop_flag=stop,
+            stop_flag=stop_flag,
             ready_flag=ready,
         )
     except Exception:
