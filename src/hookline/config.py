@@ -90,6 +90,9 @@ class Config:
     operator_peering: str = _setting(
         "", "kopf peering object shared by several operator replicas (empty: standalone)"
     )
+    operator_priority: int = _setting(
+        0, "kopf peering priority: the highest live replica works (0: a random one at start)"
+    )
     operator_interval: float = _setting(
         30.0, "seconds between status-figure updates and registry drift repairs per endpoint"
     )

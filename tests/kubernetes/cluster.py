@@ -177,6 +177,10 @@ class ControlPlane:
         self.ca = certs / "apiserver.crt"
 
     def _write_kubeconfig(self) -> None:
+        self.kubeconfig.write_text(self.kubeconfig_for(self.token))
+
+    def kubeconfig_for(self, token: str) -> str:
+        """A kubeconfig for this cluster that authenticates with ``token``."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -186,11 +190,11 @@ class ControlPlane:
                     "cluster": {"server": self.url, "certificate-authority": str(self.ca)},
                 }
             ],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
             "current-context": "test",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        return yaml.safe_dump(config)
 
     def stop(self) -> None:
         _stop(self.apiserver)
@@ -237,13 +241,15 @@ class ControlPlane:
 class OperatorProcess:
     """``hookline operator`` as a real process, configured by environment like in a pod."""
 
-    def __init__(self, cluster: ControlPlane, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, cluster: ControlPlane, env: dict[str, str], log: Path, kubeconfig: Path | None = None
+    ) -> None:
         self.cluster = cluster
         self.port = free_port()
         self.env = {
             **os.environ,
             **env,
-            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "HOOKLINE_OPERATOR_HOST": "127.0.0.1",
             "HOOKLINE_OPERATOR_PORT": str(self.port),
         }

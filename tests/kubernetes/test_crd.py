@@ -78,3 +78,11 @@ def test_names_and_printer_columns(cluster: ControlPlane, namespace: str) -> Non
     )
     header = cluster.kubectl("get", "webhooks", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "URL", "READY", "DELIVERED", "FAILED", "PENDING", "AGE"]
+
+
+def test_control_plane_runs_the_pinned_kubernetes(cluster: ControlPlane) -> None:
+    go_mod = (REPO / "tools" / "kube" / "go.mod").read_text()
+    pinned = next(ln.split()[1] for ln in go_mod.splitlines() if "k8s.io/kubernetes v" in ln)
+    versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert versions["serverVersion"]["gitVersion"] == pinned
+    assert versions["clientVersion"]["gitVersion"] == pinned

@@ -17,6 +17,7 @@ Built into their own ``kopf.OperatorRegistry`` by :func:`build` (called by
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, cast
 
 import kopf
@@ -47,6 +48,9 @@ def settings(config: Config) -> kopf.OperatorSettings:
     if config.operator_peering:
         s.peering.name = config.operator_peering
         s.peering.standalone = False
+        # Replicas of one Deployment share their settings; equal priorities would make
+        # kopf pause them all, so each draws its own unless one is given.
+        s.peering.priority = config.operator_priority or secrets.randbelow(1 << 30) + 1
     else:
         s.peering.standalone = True
     return s
