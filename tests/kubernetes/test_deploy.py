@@ -127,7 +127,9 @@ async def test_peered_replicas_take_turns_and_hand_over(
         )
         await apply(cluster, endpoint_doc("first", namespace, "https://example.com/1"))
         await registered(registry, f"{namespace}/first", replicas["high"])
-        assert replicas["high"].handled("Handler 'create' succeeded")
+        await eventually(
+            _logged(replicas["high"], "Handler 'create' succeeded"), 5, "the worker's log line"
+        )
         assert not replicas["low"].handled("Handler 'create' succeeded")
 
         assert replicas["high"].stop() == 0

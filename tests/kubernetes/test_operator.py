@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -256,3 +258,51 @@ def _logged(op: OperatorProcess, phrase: str, count: int) -> Callable[[], Awaita
         return len(op.handled(phrase)) >= count
 
     return check
+
+
+async def test_redis_down_is_reported_and_retried_until_registered(
+    cluster: ControlPlane, namespace: str, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    config = make_config(own_redis.url, "down", str(tmp_path / "bodies"))
+    op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
+    client = aioredis.from_url(own_redis.url)
+    registry = Registry(client, config.prefix)
+    try:
+        op.start()
+        own_redis.stop()
+        await apply(cluster, endpoint_doc("patient", namespace, URL))
+        status = await until_status(
+            cluster,
+            "patient",
+            namespace,
+            lambda s: condition(s, "Ready").get("reason") == "RegistryUnavailable",
+            10,
+            "Ready=False RegistryUnavailable",
+            op,
+        )
+        assert condition(status, "Ready")["status"] == "False"
+        assert _probe(op, "/readyz")[0] == 503
+        assert _probe(op, "/healthz")[0] == 200  # alive: no restart for a Redis outage
+        own_redis.start()
+        await cluster.akubectl(
+            "wait", "--for=condition=Ready", "--timeout=15s", "-n", namespace, "whe/patient"
+        )
+        await registered(registry, f"{namespace}/patient", op)
+    finally:
+        op.stop()
+        await client.aclose()
+
+
+async def test_operator_serves_probes_and_metrics(operator: OperatorProcess) -> None:
+    assert _probe(operator, "/healthz") == (200, '{"status": "ok"}')
+    assert _probe(operator, "/readyz") == (200, '{"status": "ready"}')
+    code, text = _probe(operator, "/metrics")
+    assert code == 200 and "# TYPE" in text
+
+
+def _probe(op: OperatorProcess, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
