@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dispatcher":
             _run(lambda stop: dispatcher_main(config, stop))
         elif args.command == "operator":
-            from hookline.operator import run as run_operator  # type: ignore[attr-defined]
+            from hookline.operator import run as run_operator
 
             return int(run_operator(config))
         elif args.command == "dev":

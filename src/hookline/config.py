@@ -81,6 +81,25 @@ class Config:
         30.0, "full registry reload interval (pub/sub is the fast path)"
     )
 
+    # operator
+    operator_host: str = _setting("0.0.0.0", "operator probe/metrics listen address")
+    operator_port: int = _setting(8082, "operator probe/metrics port (0: no server)")
+    operator_namespaces: str = _setting(
+        "", "comma-separated namespaces the operator watches (empty: the whole cluster)"
+    )
+    operator_peering: str = _setting(
+        "", "kopf peering object shared by several operator replicas (empty: standalone)"
+    )
+    operator_priority: int = _setting(
+        0, "kopf peering priority: the highest live replica works (0: a random one at start)"
+    )
+    operator_interval: float = _setting(
+        30.0, "seconds between status-figure updates and registry drift repairs per endpoint"
+    )
+    signing_grace: float = _setting(
+        86400.0, "seconds a rotated-out signing secret keeps signing next to the new one"
+    )
+
 
 def _parse(name: str, kind: Any, raw: str) -> Any:
     try:

@@ -1,1 +1,8 @@
-"""The kopf operator: WebhookEndpoint resources → the Redis registry, and dispatcher scaling."""
+"""The kopf operator: reconciles WebhookEndpoint resources into the Redis registry.
+
+``hookline operator`` calls :func:`run`; see ``operator/README.md`` for deployment.
+"""
+
+from hookline.operator.main import run
+
+__all__ = ["run"]

@@ -1,0 +1,111 @@
+"""Manifests and bounded waits shared by the Kubernetes tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hookline.models import Endpoint
+from hookline.registry import Registry
+from tests.kubernetes.cluster import ControlPlane, OperatorProcess, manifest
+from tests.peers import eventually
+
+
+def endpoint_doc(name: str, namespace: str, url: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hookline.dev/v1alpha1",
+        "kind": "WebhookEndpoint",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"url": url, **spec},
+    }
+
+
+def secret_doc(name: str, namespace: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    }
+
+
+async def apply(cluster: ControlPlane, *docs: dict[str, Any]) -> str:
+    done = await cluster.akubectl("apply", "-f", "-", input=manifest(docs))
+    return done.stdout
+
+
+async def registered(
+    registry: Registry,
+    endpoint_id: str,
+    op: OperatorProcess,
+    check: Callable[[Endpoint], bool] = lambda _: True,
+    seconds: float = 5.0,
+    what: str = "",
+) -> Endpoint:
+    """The registry record of ``endpoint_id`` once ``check`` holds, within ``seconds``."""
+    found: list[Endpoint] = []
+
+    async def present() -> bool:
+        ep = await registry.get(endpoint_id)
+        if ep is not None and check(ep):
+            found.append(ep)
+            return True
+        return False
+
+    try:
+        await eventually(present, seconds, what or f"{endpoint_id} in the registry")
+    except pytest.fail.Exception:
+        pytest.fail(
+            f"{endpoint_id}: {what or 'no registry record'} after {seconds} s; "
+            f"record: {await registry.get(endpoint_id)}\noperator log:\n{op.tail()}",
+            pytrace=False,
+        )
+    return found[-1]
+
+
+async def status_of(cluster: ControlPlane, name: str, namespace: str) -> dict[str, Any]:
+    obj = await cluster.get("webhookendpoint", name, namespace)
+    return dict((obj or {}).get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+async def until_status(
+    cluster: ControlPlane,
+    name: str,
+    namespace: str,
+    check: Callable[[dict[str, Any]], bool],
+    seconds: float,
+    what: str,
+    op: OperatorProcess,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = await status_of(cluster, name, namespace)
+        if check(status):
+            return status
+        await asyncio.sleep(0.2)
+    pytest.fail(
+        f"timed out after {seconds} s waiting for {what}; status: {status}\n"
+        f"operator log:\n{op.tail()}",
+        pytrace=False,
+    )
+
+
+async def secret_value(cluster: ControlPlane, name: str, namespace: str, key: str) -> str:
+    """A Secret's value, read with kubectl as a user would."""
+    done = await cluster.akubectl(
+        "get", "secret", name, "-n", namespace, "-o", f"jsonpath={{.data.{key}}}"
+    )
+    return base64.b64decode(done.stdout).decode()
