@@ -48,7 +48,7 @@ class Config:
     body_retention: float = _setting(7 * 86400.0, "seconds dead-lettered bodies are kept")
     gcs_bucket: str = _setting("", "bucket of the GCS body store (required with 'gcs')")
     gcs_chunk_size: int = _setting(
-        8 * MiB, "GCS upload chunk and download range, a multiple of 256 KiB; ~2 in memory per body"
+        4 * MiB, "GCS upload chunk and download range, a multiple of 256 KiB; ~3 in memory per body"
     )
     gcs_threads: int = _setting(16, "threads making blocking GCS calls: GCS requests in flight")
     gcs_timeout: float = _setting(30.0, "seconds a GCS request, retries included, may take")

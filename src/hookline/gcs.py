@@ -69,7 +69,7 @@ class GcsBodyStore:
         self,
         bucket: str,
         *,
-        chunk_size: int = 8 * 1024 * 1024,
+        chunk_size: int = 4 * 1024 * 1024,
         threads: int = 16,
         timeout: float = 30.0,
         endpoint: str | None = None,
@@ -160,6 +160,8 @@ class GcsBodyStore:
                     end=pos + size - 1,
                     raw_download=True,  # the bytes as stored, whatever their encoding
                     checksum=None,  # a range has no checksum to compare with
+                    # One read of the whole range instead of 8 KiB at a time: 3-4x less CPU.
+                    single_shot_download=True,
                     timeout=self.timeout,
                     retry=self.retry,
                 )
