@@ -32,7 +32,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -40,7 +40,6 @@ from hookline.config import KiB, MiB
 from hookline.gcs import GcsBodyStore
 
 ROOT = Path(__file__).resolve().parent.parent
-BUCKET = "clients"
 
 
 def emit(name: str, value: float, unit: str) -> None:
@@ -52,18 +51,23 @@ def start_emulator(port: int, folder: Path) -> subprocess.Popen[bytes]:
     args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory"]
     with open(folder / "gcs.log", "wb") as out:
         proc = subprocess.Popen([str(exe), *args, "-log-level", "error"], stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
-            req = urllib.request.Request(
-                url + "/storage/v1/b?project=bench", data=json.dumps({"name": BUCKET}).encode()
-            )
-            urllib.request.urlopen(req, timeout=1).close()
+            new_bucket(f"http://127.0.0.1:{port}", "ready")
             return proc
         except OSError:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("fake-gcs-server did not start")
+
+
+def new_bucket(url: str, name: str) -> str:
+    """A bucket per client and round: the emulator slows down as a bucket fills, which
+    would favour whichever client runs first."""
+    body = json.dumps({"name": name}).encode()
+    req = urllib.request.Request(url + "/storage/v1/b?project=bench", data=body)
+    urllib.request.urlopen(req, timeout=1).close()
+    return name
 
 
 class Phase:
@@ -103,7 +107,8 @@ class Phase:
 
 
 async def threads(url: str, count: int, concurrency: int, big: bytes, tag: str) -> None:
-    store = GcsBodyStore(BUCKET, chunk_size=4 * MiB, endpoint=url)
+    bucket = new_bucket(url, f"threads-{tag}")
+    store = GcsBodyStore(bucket, chunk_size=4 * MiB, endpoint=url)
     body = os.urandom(256 * KiB)
     refs: list[str] = []
 
@@ -132,24 +137,25 @@ async def threads(url: str, count: int, concurrency: int, big: bytes, tag: str) 
 
 
 async def aio(url: str, count: int, concurrency: int, big: bytes, tag: str) -> None:
-    from gcloud.aio.storage import Storage  # type: ignore[import-not-found]
+    from gcloud.aio.storage import Storage  # type: ignore[import-not-found,unused-ignore]
 
     body = os.urandom(256 * KiB)
+    bucket = new_bucket(url, f"aio-{tag}")
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        storage = Storage(session=session, api_root=url)
+        storage = Storage(session=cast(Any, session), api_root=url)  # its own Session alias
 
         async def put(i: int) -> None:
-            await storage.upload(BUCKET, f"{tag}a{i}", body, content_type="application/x-bench")
+            await storage.upload(bucket, f"{tag}a{i}", body, content_type="application/x-bench")
 
         async def get(i: int) -> None:
-            await storage.download(BUCKET, f"{tag}a{i}")
+            await storage.download(bucket, f"{tag}a{i}")
 
         await Phase().run("aio_put_256k", count, concurrency, put)
         await Phase().run("aio_get_256k", count, concurrency, get)
-        await storage.upload(BUCKET, f"{tag}abig", big, timeout=300)
+        await storage.upload(bucket, f"{tag}abig", big, timeout=300)
         start = time.monotonic()
-        stream: Any = await storage.download_stream(BUCKET, f"{tag}abig")
+        stream: Any = await storage.download_stream(bucket, f"{tag}abig")
         async with stream as response:
             while await response.content.read(4 * MiB):
                 pass
@@ -165,9 +171,9 @@ async def main_async(args: argparse.Namespace) -> None:
         url = f"http://127.0.0.1:{port}"
         big = os.urandom(100 * MiB)
         try:
-            for n in range(args.rounds):
-                await threads(url, args.count, args.concurrency, big, f"r{n}")
-                await aio(url, args.count, args.concurrency, big, f"r{n}")
+            for n in range(args.rounds):  # alternating which client goes first
+                for client in (threads, aio) if n % 2 == 0 else (aio, threads):
+                    await client(url, args.count, args.concurrency, big, f"r{n}")
         finally:
             proc.kill()
             proc.wait()

@@ -51,7 +51,9 @@ class Config:
         4 * MiB, "GCS upload chunk and download range, a multiple of 256 KiB; ~3 in memory per body"
     )
     gcs_threads: int = _setting(16, "threads making blocking GCS calls: GCS requests in flight")
-    gcs_timeout: float = _setting(30.0, "seconds a GCS request, retries included, may take")
+    gcs_timeout: float = _setting(
+        10.0, "seconds a GCS request, retries included, may take (below HOOKLINE_REQUEST_TIMEOUT)"
+    )
 
     # dispatcher
     dispatcher_host: str = _setting("0.0.0.0", "dispatcher probe/metrics listen address")

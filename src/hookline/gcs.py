@@ -71,7 +71,7 @@ class GcsBodyStore:
         *,
         chunk_size: int = 4 * 1024 * 1024,
         threads: int = 16,
-        timeout: float = 30.0,
+        timeout: float = 10.0,
         endpoint: str | None = None,
     ) -> None:
         if not bucket:
