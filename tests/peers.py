@@ -1,23 +1,27 @@
-"""Real peers for the tests: a redis-server process and HTTP endpoints on loopback.
+"""Real peers for the tests: redis-server, fake-gcs-server and HTTP endpoints on loopback.
 
 Nothing here is a mock: ``RedisServer`` runs Debian's ``redis-server`` binary,
-``Endpoint`` is a real aiohttp server whose behaviour each test programs. A
-missing binary fails the test with the reason, it is never skipped.
+``GcsServer`` the ``fake-gcs-server`` built from its Go module, ``Endpoint`` is a
+real aiohttp server whose behaviour each test programs. A missing binary fails
+the test with the reason, it is never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -109,6 +113,81 @@ class RedisServer:
             self.proc.terminate()
         self.proc.wait(10)
         self.proc = None
+
+
+class GcsServer:
+    """A private fake-gcs-server (built by ``make tools``) on a free loopback port.
+
+    Objects live under ``folder`` (the filesystem backend), so a restart on the same
+    port brings them back, as GCS would after an outage."""
+
+    def __init__(self, folder: Path) -> None:
+        self.exe = tool_binary("fake-gcs-server")
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder.parent / f"fake-gcs-server-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.exe,
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.port),
+                    "-backend",
+                    "filesystem",
+                    "-filesystem-root",
+                    str(self.folder),
+                    "-log-level",
+                    "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"fake-gcs-server exited with {self.proc.returncode}", pytrace=False)
+            with contextlib.suppress(OSError):
+                self.request("GET", "/storage/v1/b")
+                return
+            time.sleep(0.05)
+        pytest.fail("fake-gcs-server did not answer within 10 s", pytrace=False)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON API call, for fixtures and assertions (not through hookline's client)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def create_bucket(self, name: str) -> None:
+        self.request("POST", "/storage/v1/b?project=test", {"name": name})
+
+    def objects(self, bucket: str) -> dict[str, int]:
+        """Every object of ``bucket``: name → size."""
+        listing = self.request("GET", f"/storage/v1/b/{bucket}/o")
+        return {o["name"]: int(o["size"]) for o in listing.get("items", [])}
 
 
 @dataclass

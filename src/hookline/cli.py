@@ -57,7 +57,14 @@ def redis_client(config: Config) -> aioredis.Redis:
 
 def body_store(config: Config) -> BodyStore:
     if config.body_store == "gcs":
-        raise HooklineError("HOOKLINE_BODY_STORE=gcs is not available in this build")
+        from hookline.gcs import GcsBodyStore
+
+        return GcsBodyStore(
+            config.gcs_bucket,
+            chunk_size=config.gcs_chunk_size,
+            threads=config.gcs_threads,
+            timeout=config.gcs_timeout,
+        )
     return FilesystemBodyStore(config.body_dir)
 
 

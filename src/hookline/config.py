@@ -46,6 +46,14 @@ class Config:
     body_store: str = _setting("fs", "where large bodies go: 'fs' (a folder) or 'gcs'")
     body_dir: str = _setting("var/bodies", "folder of the filesystem body store")
     body_retention: float = _setting(7 * 86400.0, "seconds dead-lettered bodies are kept")
+    gcs_bucket: str = _setting("", "bucket of the GCS body store (required with 'gcs')")
+    gcs_chunk_size: int = _setting(
+        4 * MiB, "GCS upload chunk and download range, a multiple of 256 KiB; ~3 in memory per body"
+    )
+    gcs_threads: int = _setting(16, "threads making blocking GCS calls: GCS requests in flight")
+    gcs_timeout: float = _setting(
+        10.0, "seconds a GCS request, retries included, may take (below HOOKLINE_REQUEST_TIMEOUT)"
+    )
 
     # dispatcher
     dispatcher_host: str = _setting("0.0.0.0", "dispatcher probe/metrics listen address")
@@ -138,6 +146,12 @@ def validate(config: Config) -> None:
             raise InvalidSpec(f"HOOKLINE_{name.upper()} must be at least 1")
     if config.body_store not in ("fs", "gcs"):
         raise InvalidSpec("HOOKLINE_BODY_STORE must be 'fs' or 'gcs'")
+    if config.body_store == "gcs" and not config.gcs_bucket:
+        raise InvalidSpec("HOOKLINE_BODY_STORE=gcs needs HOOKLINE_GCS_BUCKET")
+    if config.gcs_chunk_size <= 0 or config.gcs_chunk_size % (256 * KiB):
+        raise InvalidSpec("HOOKLINE_GCS_CHUNK_SIZE must be a positive multiple of 256 KiB (262144)")
+    if config.gcs_threads < 1:
+        raise InvalidSpec("HOOKLINE_GCS_THREADS must be at least 1")
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -1,0 +1,424 @@
+"""Bodies through GCS: memory while relaying a 100 MiB body, and ingest rate of 256 KiB bodies.
+
+    python bench/gcs.py [--rounds N] [--count N] [--chunk-size BYTES]
+
+Everything runs on this machine, on loopback: a private ``redis-server``, a
+``fake-gcs-server`` (memory backend, from ``make tools``), ``hookline receiver``
+and ``hookline dispatcher`` as their own processes configured by environment,
+and an HTTP sink in this process. Prints one JSON line per figure to stdout
+(progress goes to stderr):
+
+* ``gcs_rss_receiver_mib`` / ``gcs_rss_dispatcher_mib``: peak RSS growth of each
+  process while one 100 MiB body is relayed (sender → receiver → GCS → dispatcher
+  → sink, byte-identical by SHA-256). Growth is the kernel's high-water mark
+  (``VmHWM``, reset through ``/proc/PID/clear_refs``) minus the resident size
+  just before, in processes warmed by one 1 MiB relay. Target: < 32 MiB each.
+* ``gcs_ingest``: webhooks/s one receiver accepts with 256 KiB bodies going to
+  GCS, against the same receiver configured to keep them inline in the queue
+  entry (``baseline``), alternating for ``--rounds`` rounds after a warm-up,
+  best of each. Between rounds the stream and the bucket are emptied, as the
+  dispatchers would in steady state.
+
+As in ``bench/run.py``, the processes under test run on CPU 0 and the load,
+sink, Redis and the emulator on CPU 1 when there are two CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hookline.cli import redis_client
+from hookline.config import Config, KiB, MiB
+from hookline.manifests import new_key
+from hookline.models import SigningSecret, endpoint_from_spec
+from hookline.registry import Registry
+from hookline.signing import new_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "benchgcs"
+BUCKET = "hookline-bench"
+ENDPOINT = "bench/gcs-sink"
+PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SUT_CPU, LOAD_CPU = "0", "1"
+RELAY_BYTES = 100 * MiB
+INGEST_BYTES = 256 * KiB
+RSS_TARGET_MIB = 32
+
+
+def log(msg: str) -> None:
+    print(f"bench/gcs: {msg}", file=sys.stderr, flush=True)
+
+
+def emit(name: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"name": name, "value": round(value, 1), "unit": unit, **extra}), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if PINNED else argv
+
+
+def wait_until(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench/gcs: {what} did not happen within {seconds} s")
+
+
+# -- peers
+
+
+class Peers:
+    """redis-server, fake-gcs-server and the hookline processes; all stopped on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_port = free_port()
+        self.gcs_port = free_port()
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def gcs_url(self) -> str:
+        return f"http://127.0.0.1:{self.gcs_port}"
+
+    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Any:
+        with open(self.folder / f"{name}.log", "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def start_backends(self) -> None:
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise SystemExit("bench/gcs: redis-server is not installed (make deps)")
+        bin_dir = Path(os.environ.get("HOOKLINE_BIN_DIR", ROOT / ".cache" / "bin"))
+        gcs = bin_dir / "fake-gcs-server"
+        if not os.access(gcs, os.X_OK):
+            raise SystemExit(f"bench/gcs: {gcs} is missing: run `make tools`")
+        redis_args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        redis_args += ["--appendonly", "no", "--dir", str(self.folder)]
+        self.spawn(pinned(LOAD_CPU, [redis, *redis_args]), "redis")
+        gcs_args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(self.gcs_port)]
+        gcs_args += ["-backend", "memory", "-log-level", "error"]
+        self.spawn(pinned(LOAD_CPU, [str(gcs), *gcs_args]), "fake-gcs-server")
+        wait_until(lambda: self._gcs("GET", "/storage/v1/b") is not None, 10, "fake-gcs-server")
+        self._gcs("POST", "/storage/v1/b?project=bench", {"name": BUCKET})
+        wait_until(self._redis_answers, 10, "redis-server")
+
+    def _gcs(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.gcs_url + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    def _redis_answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.redis_port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def hookline(self, role: str, name: str, **settings: Any) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "HOOKLINE_REDIS_URL": self.redis_url,
+            "HOOKLINE_PREFIX": PREFIX,
+            "HOOKLINE_RECEIVER_HOST": "127.0.0.1",
+            "HOOKLINE_DISPATCHER_PORT": "0",
+            "HOOKLINE_MAX_BODY_BYTES": str(RELAY_BYTES),
+            "HOOKLINE_GCS_BUCKET": BUCKET,
+            "HOOKLINE_ALLOW_CIDRS": "127.0.0.0/8",
+            "STORAGE_EMULATOR_HOST": self.gcs_url,
+        }
+        env.update({f"HOOKLINE_{k.upper()}": str(v) for k, v in settings.items()})
+        argv = pinned(SUT_CPU, [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING"])
+        return self.spawn([*argv, role], name, env)  # type: ignore[no-any-return]
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+def receiver_ready(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+        return bool(resp.status == 200)
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise SystemExit(f"bench/gcs: no {field} in /proc/{pid}/status")
+
+
+def reset_peak(pid: int) -> int:
+    """Reset the process's peak RSS to its current RSS; returns that RSS in KiB."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_kib(pid, "VmRSS")
+
+
+# -- the sink
+
+
+class Sink:
+    """Reads every delivery as a stream and keeps its size and SHA-256 by webhook id."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, tuple[int, str]] = {}
+        self.arrived = asyncio.Condition()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(1 * MiB):
+            digest.update(chunk)
+            size += len(chunk)
+        async with self.arrived:
+            self.got[request.headers.get("webhook-id", "")] = (size, digest.hexdigest())
+            self.arrived.notify_all()
+        return web.Response(status=204)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/sink", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{self.port}/sink"
+
+    async def wait_for(self, wid: str, seconds: float) -> tuple[int, str]:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: wid in self.got), seconds)
+        return self.got[wid]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+# -- the figures
+
+
+async def register(peers: Peers, url: str) -> str:
+    redis = redis_client(Config(redis_url=peers.redis_url))
+    try:
+        key = new_key()
+        endpoint = endpoint_from_spec(
+            ENDPOINT,
+            {"url": url, "timeoutSeconds": 300},
+            [key],
+            [SigningSecret(new_secret())],
+            Config(),
+        )
+        await Registry(redis, PREFIX).put(endpoint)
+        return key
+    finally:
+        await redis.aclose()
+
+
+async def post_stream(
+    session: aiohttp.ClientSession, port: int, key: str, size: int
+) -> tuple[str, str]:
+    """POST ``size`` bytes generated as they are sent; returns (webhook id, SHA-256)."""
+    digest = hashlib.sha256()
+    block = os.urandom(1 * MiB)
+
+    async def body() -> AsyncIterator[bytes]:
+        left, n = size, 0
+        while left > 0:
+            piece = (n.to_bytes(8, "big") + block)[: min(left, len(block))]
+            digest.update(piece)
+            left -= len(piece)
+            n += 1
+            yield piece
+
+    headers = {
+        "X-WH-Endpoint-Key": key,
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(size),
+    }
+    url = f"http://127.0.0.1:{port}/webhooks/send"
+    async with session.post(url, data=body(), headers=headers) as resp:
+        answer = await resp.text()
+        if resp.status != 202:
+            raise SystemExit(f"bench/gcs: the receiver answered {resp.status}: {answer}")
+    return json.loads(answer)["id"], digest.hexdigest()
+
+
+async def relay(session: aiohttp.ClientSession, sink: Sink, port: int, key: str, size: int) -> None:
+    wid, sha = await post_stream(session, port, key, size)
+    got = await sink.wait_for(wid, 300)
+    if got != (size, sha):
+        raise SystemExit(f"bench/gcs: the sink got {got}, expected {(size, sha)}")
+
+
+async def rss_figures(
+    peers: Peers, session: aiohttp.ClientSession, sink: Sink, key: str, chunk: int
+) -> int:
+    """Relay one 100 MiB body; emit both RSS figures; returns the receiver's port."""
+    port = free_port()
+    receiver = peers.hookline(
+        "receiver", "receiver-gcs", body_store="gcs", receiver_port=port, gcs_chunk_size=chunk
+    )
+    dispatcher = peers.hookline("dispatcher", "dispatcher", body_store="gcs", gcs_chunk_size=chunk)
+    await asyncio.to_thread(wait_until, lambda: receiver_ready(port), 30, "the receiver")
+    await relay(session, sink, port, key, 1 * MiB)  # warm-up: client, connections, buffers
+    base = {p.pid: reset_peak(p.pid) for p in (receiver, dispatcher)}
+    start = time.monotonic()
+    await relay(session, sink, port, key, RELAY_BYTES)
+    seconds = time.monotonic() - start
+    for name, proc in (("receiver", receiver), ("dispatcher", dispatcher)):
+        growth = (status_kib(proc.pid, "VmHWM") - base[proc.pid]) / 1024
+        log(f"{name}: RSS {base[proc.pid] / 1024:.1f} MiB before, peak +{growth:.1f} MiB")
+        emit(f"gcs_rss_{name}_mib", growth, "MiB", target=RSS_TARGET_MIB)
+    emit("gcs_relay_100mib_seconds", seconds, "s")
+    peers.stop(dispatcher)
+    return port
+
+
+async def ingest_round(session: aiohttp.ClientSession, port: int, key: str, count: int) -> float:
+    """Webhooks/s accepted for ``count`` 256 KiB POSTs over 32 connections."""
+    body = os.urandom(INGEST_BYTES)
+    url = f"http://127.0.0.1:{port}/webhooks/send"
+    headers = {"X-WH-Endpoint-Key": key, "Content-Type": "application/octet-stream"}
+    left, refused = count, 0
+
+    async def worker() -> None:
+        nonlocal left, refused
+        while left > 0:
+            left -= 1
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                refused += resp.status != 202
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(32)))
+    elapsed = time.monotonic() - start
+    if refused:
+        raise SystemExit(f"bench/gcs: {refused} of {count} webhooks were refused")
+    return count / elapsed
+
+
+async def empty_bucket(session: aiohttp.ClientSession, peers: Peers) -> None:
+    base = f"{peers.gcs_url}/storage/v1/b/{BUCKET}/o"
+    while True:
+        async with session.get(base, params={"maxResults": "1000"}) as resp:
+            names = [o["name"] for o in (await resp.json()).get("items", [])]
+        if not names:
+            return
+        await asyncio.gather(*(_delete_all(session, base, names[i::16]) for i in range(16)))
+
+
+async def _delete_all(session: aiohttp.ClientSession, base: str, names: list[str]) -> None:
+    for name in names:
+        async with session.delete(f"{base}/{urllib.parse.quote(name, safe='')}") as resp:
+            await resp.read()
+
+
+async def main_async(args: argparse.Namespace, folder: Path) -> None:
+    peers = Peers(folder)
+    sink = Sink()
+    connector = aiohttp.TCPConnector(limit=64)
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(600))
+    try:
+        await asyncio.to_thread(peers.start_backends)
+        key = await register(peers, await sink.start())
+        log(f"relaying one {RELAY_BYTES // MiB} MiB body (chunks of {args.chunk_size // KiB} KiB)")
+        gcs_port = await rss_figures(peers, session, sink, key, args.chunk_size)
+        if args.rounds < 1:
+            return
+
+        inline_port = free_port()
+        peers.hookline(
+            "receiver",
+            "receiver-inline",
+            receiver_port=inline_port,
+            inline_limit=INGEST_BYTES,
+            body_store="fs",
+            body_dir=str(folder / "bodies"),
+        )
+        await asyncio.to_thread(wait_until, lambda: receiver_ready(inline_port), 30, "receiver")
+        redis = redis_client(Config(redis_url=peers.redis_url))
+        best = {"inline": 0.0, "gcs": 0.0}
+        try:
+            for n in range(args.rounds + 1):  # round 0 warms both up and is not counted
+                for path, port in (("inline", inline_port), ("gcs", gcs_port)):
+                    rate = await ingest_round(session, port, key, args.count if n else 200)
+                    if n:
+                        best[path] = max(best[path], rate)
+                    log(f"round {n}: {path} {rate:.0f} webhooks/s")
+                    # As in steady state, where dispatchers drain the stream and delete
+                    # the objects; the emulator also slows down as its bucket fills.
+                    await redis.delete(f"{PREFIX}:stream:default")
+                    await empty_bucket(session, peers)
+        finally:
+            await redis.aclose()
+        emit(
+            "gcs_ingest",
+            best["gcs"],
+            "webhooks/s",
+            baseline=round(best["inline"], 1),
+            ratio=round(best["gcs"] / best["inline"], 3),
+        )
+    finally:
+        await session.close()
+        await sink.stop()
+        peers.stop_all()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="ingest rounds (0: memory only)")
+    p.add_argument("--count", type=int, default=1000, help="webhooks per ingest round")
+    p.add_argument("--chunk-size", type=int, default=Config().gcs_chunk_size)
+    args = p.parse_args()
+    if PINNED:
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
+    with tempfile.TemporaryDirectory(prefix="hookline-bench-gcs-") as tmp:
+        asyncio.run(main_async(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
