@@ -136,6 +136,7 @@ class RegistryCache:
         self._by_key: dict[str, Endpoint] = {}
         self._disabled: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.loaded = asyncio.Event()
 
     def get(self, endpoint_id: str) -> Endpoint | None:
@@ -191,20 +192,25 @@ class RegistryCache:
         return self.loaded.is_set()
 
     async def stop(self) -> None:
-        if self._task is not None:
+        # The follower checks the flag at least once a second. It is not cancelled
+        # first: redis-py's pub/sub read can swallow a cancellation and hang.
+        self._stopping = True
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait([self._task], timeout=3.0)
+        if not done:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=1.0)
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with self.registry.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.registry.channel)
                     # Anything that changed while we were not subscribed.
                     await self.reload()
                     next_full = time.monotonic() + self.refresh_interval
-                    while True:
+                    while not self._stopping:
                         timeout = max(0.0, next_full - time.monotonic())
                         msg = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=min(timeout, 1.0)
@@ -217,5 +223,6 @@ class RegistryCache:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, StoreUnavailable) as exc:
-                log.warning("registry cache: %s; retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
+                if not self._stopping:
+                    log.warning("registry cache: %s; retrying in 1 s", exc)
+                    await asyncio.sleep(1.0)

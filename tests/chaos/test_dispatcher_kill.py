@@ -27,7 +27,7 @@ from tests.history import History
 from tests.peers import Endpoint, eventually, free_port
 from tests.stack import Stack
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 KILLS = int(os.environ.get("HOOKLINE_CHAOS_KILLS", "20"))
 
