@@ -496,7 +496,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per ingest run")
-    p.add_argument("--rounds", type=int, default=2, help="baseline/hookline pairs per figure")
+    p.add_argument("--rounds", type=int, default=3, help="baseline/hookline pairs per figure")
     p.add_argument("--delivery-count", type=int, default=30_000, help="webhooks per drain")
     p.add_argument("--e2e-rate", type=float, default=1000.0, help="offered webhooks/s")
     p.add_argument("--e2e-duration", type=float, default=10.0)
