@@ -38,7 +38,10 @@ typecheck: deps
 test: deps tools lint typecheck
 	$(BIN)/pytest
 
+## throughput and latency against bare baselines, JSON lines (docs/benchmarks.md)
 bench: deps
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/run.py
 
 clean:

@@ -1,0 +1,551 @@
+"""``make bench``: hookline's throughput and latency against bare baselines, one JSON line each.
+
+Measured in one run on this machine, on loopback only:
+
+* ``ingest``     webhooks/s one ``hookline receiver`` accepts (1 KiB bodies, 64
+                 keep-alive connections, wrk) vs. a bare aiohttp handler (``bench/bare.py``)
+* ``delivery``   webhooks/s one ``hookline dispatcher`` drains from a preloaded stream
+                 to ``bench/sink.py`` vs. a raw aiohttp client (``bench/rawclient.py``)
+* ``e2e_p50_ms`` / ``e2e_p99_ms``  from the sender's ``202`` to sink receipt at a fixed
+                 offered rate (``bench/sender.py``), receiver and dispatcher both running
+
+The process under test runs on CPU 0; the load generator, the sink and a private
+``redis-server`` (no persistence unless ``--aof``: then AOF with fsync every
+second) share CPU 1. Baseline and hookline alternate for ``--rounds`` rounds and
+the best of each is reported, which damps noise from other work on the machine.
+Then every script of :data:`EXTRA_SCRIPTS` that exists runs and its JSON lines
+are passed through. Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from hookline.cli import redis_client
+from hookline.config import Config
+from hookline.config import load as load_config
+from hookline.manifests import new_key
+from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id
+from hookline.queue import Queue
+from hookline.registry import Registry
+from hookline.signing import new_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+# Standalone benchmark scripts that print their own JSON lines; run when present.
+EXTRA_SCRIPTS = ["bench/gcs.py"]
+PREFIX = "bench"
+ENDPOINT = "bench/sink"
+BODY_BYTES = 1024
+CONNECTIONS = 64
+PINNED = (os.cpu_count() or 1) >= 2
+SUT_CPU, LOAD_CPU = "0", "1"  # the process under test / everything else
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def body(size: int = BODY_BYTES) -> bytes:
+    """A JSON body of exactly ``size`` bytes, the same one every generator sends."""
+    return b'{"type":"bench","pad":"' + b"x" * (size - 25) + b'"}'
+
+
+class Procs:
+    """Every process the benchmark starts, so that none outlives it."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[str]] = []
+
+    def start(
+        self, argv: list[str], cpu: str | None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Start ``argv`` on CPU ``cpu`` (None: wherever the scheduler likes)."""
+        pin = ["taskset", "-c", cpu] if PINNED and cpu is not None else []
+        proc = subprocess.Popen(
+            pin + argv, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )  # taskset execs the command: proc.pid is the process itself
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+        """SIGTERM, wait, SIGKILL if needed; returns what it printed."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        self.running.remove(proc)
+        return out or ""
+
+    def wait(self, proc: subprocess.Popen[str], timeout: float) -> str:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(proc, 5)
+            raise RuntimeError(f"{proc.args!r} did not finish in {timeout:g} s") from None
+        self.running.remove(proc)
+        if proc.returncode:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        return out or ""
+
+    def stop_all(self) -> None:
+        for proc in list(self.running):
+            self.stop(proc, 10)
+
+
+def wait_until(
+    check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, redis.RedisError):
+            if check():
+                return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def ready(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+        return bool(resp.status == 200)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def last_json(out: str) -> dict[str, Any]:
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"no JSON summary in {out!r}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.procs = Procs()
+        self.redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.sink_port = free_port()
+        self.key = new_key()
+        self.concurrency = load_config().concurrency  # HOOKLINE_CONCURRENCY applies to both
+        self.stream = f"{PREFIX}:stream:default"
+
+    # -- set-up
+
+    def start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (make bench installs it)")
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        if not self.args.aof:
+            persistence = ["--appendonly", "no"]
+        argv = [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        self.procs.start([*argv, "--dir", str(self.work), *persistence], LOAD_CPU)
+        wait_until(self.redis.ping, 10, "redis-server")
+
+    async def register(self) -> None:
+        config = Config()
+        spec = {
+            "url": f"http://127.0.0.1:{self.sink_port}/hook",
+            "forwardHeaders": ["x-event-type"],
+        }
+        endpoint = endpoint_from_spec(
+            ENDPOINT, spec, [self.key], [SigningSecret(new_secret())], config
+        )
+        client = redis_client(Config(redis_url=self.redis_url))
+        try:
+            await Registry(client, PREFIX).put(endpoint)
+        finally:
+            await client.aclose()
+
+    def hookline_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HOOKLINE_REDIS_URL=self.redis_url,
+            HOOKLINE_PREFIX=PREFIX,
+            HOOKLINE_RECEIVER_HOST="127.0.0.1",
+            HOOKLINE_DISPATCHER_HOST="127.0.0.1",
+            HOOKLINE_BODY_DIR=str(self.work / "bodies"),
+            HOOKLINE_ALLOW_CIDRS="127.0.0.0/8",
+            **extra,
+        )
+        return env
+
+    def hookline(self, component: str, cpu: str | None, **env: str) -> subprocess.Popen[str]:
+        argv = [PY, "-m", "hookline.cli", "--log-level", "WARNING", component]
+        return self.procs.start(argv, cpu, self.hookline_env(**env))
+
+    def backlog(self) -> int:
+        return int(self.redis.xlen(self.stream))  # type: ignore[arg-type]  # sync client
+
+    def clear_queue(self) -> None:
+        self.redis.delete(self.stream, f"{PREFIX}:stats:{ENDPOINT}")
+
+    @contextlib.contextmanager
+    def profiled(
+        self, proc: subprocess.Popen[str], name: str, seconds: float, after: float = 0.0
+    ) -> Iterator[None]:
+        """With ``--profile DIR``: py-spy samples ``proc`` for ``seconds``, ``after`` seconds
+        into the block (past start-up and imports)."""
+        if not self.args.profile:
+            yield
+            return
+        time.sleep(after)
+        out = Path(self.args.profile) / f"{name}.txt"
+        spy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        argv = [spy, "record", "-p", str(proc.pid), "-d", str(math.ceil(seconds)), "-r", "200"]
+        sampler = self.procs.start([*argv, "-f", "raw", "-o", str(out)], LOAD_CPU)
+        try:
+            yield
+        finally:
+            self.procs.wait(sampler, seconds + 30)
+            log(f"profile of {name} in {out}")
+
+    # -- ingest
+
+    def wrk(self, port: int, seconds: float) -> dict[str, Any]:
+        argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", "bench/loadgen.lua"]
+        env = dict(os.environ, BENCH_KEY=self.key, BENCH_BODY_BYTES=str(BODY_BYTES))
+        proc = self.procs.start([*argv, f"http://127.0.0.1:{port}/webhooks/send"], LOAD_CPU, env)
+        out = self.procs.wait(proc, seconds + 30)
+        line = next((ln for ln in out.splitlines() if ln.startswith("BENCH ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no summary: {out!r}")
+        stats: dict[str, Any] = json.loads(line.removeprefix("BENCH "))
+        stats["rate"] = stats["requests"] / (stats["duration_us"] / 1e6)
+        return stats
+
+    def ingest_once(self, server: str) -> dict[str, Any]:
+        port = free_port()
+        if server == "bare":
+            proc = self.procs.start([PY, "bench/bare.py", "--port", str(port)], SUT_CPU)
+            wait_until(lambda: listening(port), 15, "the bare server")
+        else:
+            proc = self.hookline("receiver", SUT_CPU, HOOKLINE_RECEIVER_PORT=str(port))
+            wait_until(lambda: ready(port), 15, "the receiver")
+        try:
+            self.wrk(port, 2)  # warm-up: connections, caches, allocator
+            cpu = cpu_seconds(proc.pid)
+            with self.profiled(proc, f"ingest-{server}", self.args.duration):
+                stats = self.wrk(port, self.args.duration)
+            # About 1.0 when the server is the bottleneck, as it should be.
+            stats["cpu"] = (cpu_seconds(proc.pid) - cpu) / (stats["duration_us"] / 1e6)
+        finally:
+            self.procs.stop(proc)
+        if server == "hookline":
+            stats["queued"] = self.backlog()
+            self.clear_queue()
+        log(f"ingest {server}: {stats['rate']:.0f}/s {stats}")
+        return stats
+
+    def ingest(self) -> None:
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "hookline": []}
+        for _ in range(self.args.rounds):
+            for server in runs:
+                runs[server].append(self.ingest_once(server))
+        errors = sum(r["errors"] + r["non2xx"] for r in runs["hookline"])
+        emit(compare("ingest", runs["hookline"], runs["bare"], ">= 0.8", errors=errors))
+
+    # -- delivery
+
+    def sink(self, record: Path | None = None, cpu: str | None = LOAD_CPU) -> subprocess.Popen[str]:
+        argv = [PY, "bench/sink.py", "--port", str(self.sink_port)]
+        proc = self.procs.start(argv + (["--record", str(record)] if record else []), cpu)
+        wait_until(lambda: listening(self.sink_port), 15, "the sink")
+        return proc
+
+    def sink_rate(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
+        cpu = cpu_seconds(proc.pid)
+        stats = last_json(self.procs.stop(proc))
+        seconds = (stats["last_ns"] - stats["first_ns"]) / 1e9
+        stats["rate"] = (stats["received"] - 1) / seconds if seconds > 0 else 0.0
+        # CPU over its whole life per second of traffic: an upper bound of how busy it was.
+        stats["sink_cpu"] = cpu / seconds if seconds > 0 else 0.0
+        return stats
+
+    async def _preload(self, count: int) -> None:
+        client = redis_client(Config(redis_url=self.redis_url))
+        queue = Queue(client, PREFIX)
+        payload = body()
+        headers = {"content-type": "application/json", "x-event-type": "bench"}
+        try:
+            for start in range(0, count, 5000):
+                await asyncio.gather(
+                    *(
+                        queue.enqueue(
+                            "default",
+                            Webhook(
+                                id=new_id(),
+                                endpoint=ENDPOINT,
+                                headers=headers,
+                                body=payload,
+                                size=len(payload),
+                                created_ms=int(time.time() * 1000),
+                            ),
+                        )
+                        for _ in range(min(5000, count - start))
+                    )
+                )
+        finally:
+            await client.aclose()
+
+    def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> float:
+        """Wait until the stream is empty; returns the dispatcher's CPU use while it drained."""
+        deadline = time.monotonic() + timeout
+        start: tuple[float, float] | None = None
+        while (left := self.backlog()) > 0:
+            if start is None and left < count:
+                start = (time.monotonic(), cpu_seconds(dispatcher.pid))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dispatcher left {left} of {count} in {timeout:g} s")
+            time.sleep(0.1)
+        if start is None:
+            return 0.0
+        return (cpu_seconds(dispatcher.pid) - start[1]) / (time.monotonic() - start[0])
+
+    def delivery_once(self, client: str) -> dict[str, Any]:
+        count = self.args.delivery_count
+        sink = self.sink()
+        try:
+            if client == "raw":
+                url = f"http://127.0.0.1:{self.sink_port}/hook"
+                argv = [PY, "bench/rawclient.py", "--url", url, "--count", str(count)]
+                argv += ["--concurrency", str(self.concurrency), "--body-bytes", str(BODY_BYTES)]
+                proc = self.procs.start(argv, SUT_CPU)
+                with self.profiled(proc, "delivery-raw", 6, after=2):
+                    posted = last_json(self.procs.wait(proc, 180))
+                cpu = posted["cpu_seconds"] / posted["seconds"]
+            else:
+                self.clear_queue()
+                asyncio.run(self._preload(count))
+                proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
+                try:
+                    with self.profiled(proc, "delivery-hookline", 6, after=2):
+                        cpu = self.drain(proc, count)
+                finally:
+                    self.procs.stop(proc)
+        finally:
+            stats = self.sink_rate(sink)
+        stats["cpu"] = cpu
+        log(f"delivery {client}: {stats['rate']:.0f}/s {stats}")
+        if stats["received"] < count:
+            raise RuntimeError(f"the sink got {stats['received']} of {count} webhooks")
+        return stats
+
+    def delivery(self) -> None:
+        runs: dict[str, list[dict[str, Any]]] = {"raw": [], "hookline": []}
+        for _ in range(self.args.rounds):
+            for client in runs:
+                runs[client].append(self.delivery_once(client))
+        sink_cpu = max(r["sink_cpu"] for rs in runs.values() for r in rs)
+        emit(
+            compare(
+                "delivery",
+                runs["hookline"],
+                runs["raw"],
+                ">= 0.7",
+                webhooks=self.args.delivery_count,
+                concurrency=self.concurrency,
+                sink_cpu_max=round(sink_cpu, 2),
+            )
+        )
+
+    # -- end to end
+
+    def e2e(self) -> None:
+        self.clear_queue()
+        accepted_file, receipts_file = self.work / "accepted.tsv", self.work / "receipts.tsv"
+        # Receiver and dispatcher are separate pods in production: here nothing is pinned,
+        # so that neither waits for the other's core (Redis stays on the load core).
+        sink = self.sink(receipts_file, cpu=None)
+        port, dport = free_port(), free_port()
+        receiver = self.hookline("receiver", None, HOOKLINE_RECEIVER_PORT=str(port))
+        dispatcher = self.hookline("dispatcher", None, HOOKLINE_DISPATCHER_PORT=str(dport))
+        try:
+            wait_until(lambda: ready(port) and ready(dport), 15, "receiver and dispatcher")
+            rate, seconds = self.args.e2e_rate, self.args.e2e_duration
+            argv = [PY, "bench/sender.py", "--url", f"http://127.0.0.1:{port}/webhooks/send"]
+            argv += ["--key", self.key, "--rate", str(rate), "--duration", str(seconds)]
+            sender = self.procs.start([*argv, "--out", str(accepted_file)], None)
+            sent = last_json(self.procs.wait(sender, seconds + 60))
+            wait_until(lambda: self.backlog() == 0, 30, "the last deliveries")
+        finally:
+            self.procs.stop(dispatcher)
+            self.procs.stop(receiver)
+            self.procs.stop(sink)
+        accepted = dict(ln.split("\t") for ln in accepted_file.read_text().splitlines())
+        received: dict[str, int] = {}
+        for ln in receipts_file.read_text().splitlines():
+            wid, at = ln.split("\t")
+            received.setdefault(wid, int(at))  # the first delivery counts
+        lat = sorted((received[w] - int(t)) / 1e6 for w, t in accepted.items() if w in received)
+        lost = sum(1 for w in accepted if w not in received)
+        log(f"e2e: sender {sent}, {len(lat)} latencies, {lost} lost")
+        if not lat:
+            raise RuntimeError("no webhook reached the sink")
+        common = {
+            "unit": "ms",
+            "offered_per_s": rate,
+            "samples": len(lat),
+            "lost": lost,
+            # How late the sender itself ran: large when the machine was starved for CPU.
+            "sender_lag_ms": sent["max_schedule_lag_ms"],
+        }
+        emit({"name": "e2e_p50_ms", "value": percentile(lat, 50), **common})
+        emit({"name": "e2e_p99_ms", "value": percentile(lat, 99), "target": "< 50", **common})
+
+    # -- the others
+
+    def extra_scripts(self) -> None:
+        for script in EXTRA_SCRIPTS:
+            if not (ROOT / script).exists():
+                continue
+            log(f"running {script}")
+            try:
+                done = subprocess.run(
+                    [PY, script], cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=600
+                )
+            except subprocess.TimeoutExpired:
+                log(f"{script} did not finish in 600 s")
+                continue
+            for line in done.stdout.splitlines():
+                if line.startswith("{"):
+                    print(line, flush=True)
+            if done.returncode:
+                log(f"{script} exited with {done.returncode}")
+
+
+def compare(
+    name: str, runs: list[dict[str, Any]], baseline: list[dict[str, Any]], target: str, **extra: Any
+) -> dict[str, Any]:
+    """One figure against its baseline, best run of each. ``cpu`` is the CPU share the process
+    under test got (1.0: all of its core); ``ratio_per_cpu`` compares webhooks per CPU-second,
+    which says what the ratio would be on an idle machine when other work stole CPU."""
+    best, base = max(r["rate"] for r in runs), max(r["rate"] for r in baseline)
+    efficiency = max(r["rate"] / r["cpu"] for r in runs if r["cpu"] > 0)
+    base_efficiency = max(r["rate"] / r["cpu"] for r in baseline if r["cpu"] > 0)
+    return {
+        "name": name,
+        "value": round(best),
+        "unit": "webhooks/s",
+        "baseline": round(base),
+        "ratio": round(best / base, 3),
+        "target": target,
+        "ratio_per_cpu": round(efficiency / base_efficiency, 3),
+        "runs": [round(r["rate"]) for r in runs],
+        "baseline_runs": [round(r["rate"]) for r in baseline],
+        "cpu": [round(r["cpu"], 2) for r in runs],
+        "baseline_cpu": [round(r["cpu"], 2) for r in baseline],
+        **extra,
+    }
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return round(sorted_values[rank - 1], 2)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per ingest run")
+    p.add_argument("--rounds", type=int, default=3, help="baseline/hookline pairs per figure")
+    p.add_argument("--delivery-count", type=int, default=30_000, help="webhooks per drain")
+    p.add_argument("--e2e-rate", type=float, default=1000.0, help="offered webhooks/s")
+    p.add_argument("--e2e-duration", type=float, default=10.0)
+    p.add_argument("--aof", action="store_true", help="Redis with AOF, fsync every second")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        choices=["ingest", "delivery", "e2e", "extra"],
+        default=["ingest", "delivery", "e2e", "extra"],
+        help="which parts to run (extra: the EXTRA_SCRIPTS)",
+    )
+    p.add_argument("--profile", metavar="DIR", help="py-spy the process under test into DIR")
+    p.add_argument("--keep", metavar="DIR", help="keep the working files (latencies) in DIR")
+    args = p.parse_args()
+    # A SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, stopping every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if shutil.which("wrk") is None and "ingest" in args.only:
+        log("wrk is not installed: apt-get install -y wrk (make bench does it)")
+        return 2
+    if not PINNED:
+        log("fewer than 2 CPUs: nothing is pinned, ratios are not comparable")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="hookline-bench-") as tmp:
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        bench = Bench(args, work)
+        try:
+            bench.start_redis()
+            asyncio.run(bench.register())
+            for name in ("ingest", "delivery", "e2e"):
+                if name in args.only:
+                    getattr(bench, name)()
+        finally:
+            bench.procs.stop_all()
+    if "extra" in args.only:
+        bench.extra_scripts()
+    emit(
+        {
+            "name": "load",
+            "value": round(os.getloadavg()[0], 2),
+            "unit": "loadavg_1m",
+            "at_start": round(load_start, 2),
+            "cpus": os.cpu_count(),
+            "redis": "aof everysec" if args.aof else "no persistence",
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
