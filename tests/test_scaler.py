@@ -70,7 +70,7 @@ def test_scale_down_waits_for_the_window_then_takes_its_highest_recommendation()
     assert [d.recommendation for d in steps] == [8, 3, 1, 1, 1, 1, 1]
     # 8 is in the window until t=60, 3 until t=75; then only 1s remain.
     assert [d.replicas for d in steps] == [8, 8, 8, 8, 3, 1, 1]
-    assert "highest of the last 60 s" in steps[3].reason
+    assert "kept at 8: the last 60 s recommended up to 8" in steps[3].reason
 
 
 def test_scale_up_after_a_drop_is_immediate_during_the_window() -> None:

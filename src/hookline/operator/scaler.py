@@ -192,8 +192,11 @@ def decide(
     else:
         highest = max(r for _, r in kept)
         replicas = min(current, highest)
-        if highest > recommendation and replicas > recommendation:
-            why = f"{why}; held at {highest}, the highest of the last {policy.window:g} s"
+        if replicas > recommendation:
+            why = (
+                f"{why}; kept at {replicas}: the last {policy.window:g} s recommended "
+                f"up to {highest}"
+            )
     # Replicas set by hand outside the bounds come back into them at once.
     replicas = max(policy.min_replicas, min(policy.max_replicas, replicas))
     return Decision(current, replicas, wanted, recommendation, why, kept)
