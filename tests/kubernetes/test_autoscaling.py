@@ -10,7 +10,7 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,6 @@ def scaler(
     op.start()
     yield op
     op.stop()
-
-
-@pytest.fixture
-async def queue(config: Config) -> AsyncIterator[Queue]:
-    client = aioredis.from_url(config.redis_url)
-    yield Queue(client, config.prefix)
-    await client.aclose()
 
 
 async def enqueue(queue: Queue, pool: str, n: int) -> None:
