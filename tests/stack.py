@@ -126,6 +126,7 @@ class Stack:
         await running.task
         await running.session.close()
         self.dispatchers.remove(running)
+        self.caches.remove(running.dispatcher.cache)  # a stopped cache follows nothing
 
     async def stop(self) -> None:
         for running in list(self.dispatchers):

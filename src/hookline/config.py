@@ -107,6 +107,12 @@ class Config:
     signing_grace: float = _setting(
         86400.0, "seconds a rotated-out signing secret keeps signing next to the new one"
     )
+    scale_interval: float = _setting(
+        15.0, "seconds between two autoscaling decisions for the dispatcher Deployments"
+    )
+    scale_tolerance: float = _setting(
+        0.1, "relative gap between work and capacity within which replicas are left alone"
+    )
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:
@@ -152,6 +158,10 @@ def validate(config: Config) -> None:
         raise InvalidSpec("HOOKLINE_GCS_CHUNK_SIZE must be a positive multiple of 256 KiB (262144)")
     if config.gcs_threads < 1:
         raise InvalidSpec("HOOKLINE_GCS_THREADS must be at least 1")
+    if config.scale_interval <= 0:
+        raise InvalidSpec("HOOKLINE_SCALE_INTERVAL must be positive")
+    if not 0 <= config.scale_tolerance < 1:
+        raise InvalidSpec("HOOKLINE_SCALE_TOLERANCE must be at least 0 and below 1")
 
 
 def describe() -> list[tuple[str, str, str]]:

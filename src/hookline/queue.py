@@ -346,6 +346,33 @@ class Queue:
             raise StoreUnavailable(f"queue: {exc}") from exc
         return {"stream": stream_len, "retry_due": due, "retry_scheduled": scheduled}
 
+    async def group(self, pool: str) -> dict[str, int | None]:
+        """The dispatchers' consumer group as XINFO GROUPS reports it: ``lag`` (entries not
+        yet read; None when Redis cannot tell), ``pending`` (read, not yet settled) and
+        ``consumers``. A pool whose group does not exist yet reads as all lag."""
+        stream = self.stream(pool)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(stream)
+                pipe.xlen(stream)
+                exists, length = await pipe.execute()
+            groups = await self.redis.xinfo_groups(stream) if exists else []
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():  # the stream went away in between
+                return {"lag": 0, "pending": 0, "consumers": 0}
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        for g in groups:
+            if _s(g["name"]) == GROUP:
+                lag = g.get("lag")
+                return {
+                    "lag": None if lag is None else int(lag),
+                    "pending": int(g["pending"]),
+                    "consumers": int(g["consumers"]),
+                }
+        return {"lag": int(length), "pending": 0, "consumers": 0}
+
     async def stats(self, endpoint_id: str) -> dict[str, str]:
         try:
             raw = await self.redis.hgetall(self.stats_key(endpoint_id))  # type: ignore[misc]

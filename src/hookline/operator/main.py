@@ -3,6 +3,8 @@
 Called by :func:`hookline.cli.main` through :func:`hookline.operator.run`. The cluster
 is found the standard way (in-cluster service account, else ``KUBECONFIG``); probes and
 metrics are served on ``HOOKLINE_OPERATOR_PORT`` (``/healthz``, ``/readyz``, ``/metrics``).
+Beside kopf runs the :class:`~hookline.operator.scaler.Scaler` of the dispatcher
+Deployments, until kopf stops.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hookline.metrics import Metrics
 from hookline.operator.handlers import build, settings
 from hookline.operator.kube import Kube
 from hookline.operator.reconcile import Reconciler
+from hookline.operator.scaler import Scaler, ScalerMetrics
 from hookline.queue import Queue
 from hookline.registry import Registry
 
@@ -51,9 +54,11 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
     redis = redis_client(config)
     client = AsyncClient(kubeconfig, field_manager="hookline-operator")
     kube = Kube(client)
-    reconciler = Reconciler(
-        config, kube, Registry(redis, config.prefix), Queue(redis, config.prefix)
-    )
+    queue = Queue(redis, config.prefix)
+    reconciler = Reconciler(config, kube, Registry(redis, config.prefix), queue)
+    metrics = Metrics()
+    namespaces = [n.strip() for n in config.operator_namespaces.split(",") if n.strip()]
+    scaler = Scaler(config, kube, queue, ScalerMetrics(metrics.registry), namespaces)
     ready = asyncio.Event()
 
     async def readiness() -> str | None:
@@ -65,14 +70,13 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
             return f"redis: {exc}"
         return None
 
-    tasks = []
+    tasks = [asyncio.create_task(scaler.run(stop), name="scaler")]
     if config.operator_port:
         probes = web.Application(middlewares=[json_errors])
-        probes.add_routes(probe_routes(Metrics(), readiness))
+        probes.add_routes(probe_routes(metrics, readiness))
         tasks.append(
             asyncio.create_task(serve(probes, config.operator_host, config.operator_port, stop))
         )
-    namespaces = [n.strip() for n in config.operator_namespaces.split(",") if n.strip()]
     try:
         await kopf.operator(
             registry=build(config, reconciler, kube),
