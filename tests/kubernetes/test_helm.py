@@ -301,16 +301,24 @@ def test_every_optional_block_renders(offline: Helm) -> None:
         "RollingUpdate",
     )
     op_env = pod_environment(operator, docs)
-    assert op_env["HOOKLINE_OPERATOR_NAMESPACES"] == "team-a,team-b"
+    # The release namespace is watched too: the scaler finds the dispatchers there.
+    assert op_env["HOOKLINE_OPERATOR_NAMESPACES"] == f"team-a,team-b,{NS}"
     assert op_env["HOOKLINE_OPERATOR_PEERING"] == "hookline"
     roles = [
         d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "hookline-operator"
     ]
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(["team-a", "team-b", NS])
     scaler = named(docs, "Role")["hookline-operator-scaler"]
-    assert scaler["rules"][1]["resourceNames"] == [
-        "hookline-dispatcher-default",
-        "hookline-dispatcher-bulk",
+    assert scaler["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale"],
+            "verbs": ["get", "patch", "update"],
+            "resourceNames": [
+                "hookline-dispatcher-default",
+                "hookline-dispatcher-bulk",
+            ],
+        }
     ]
 
 
@@ -546,7 +554,8 @@ CRDS = "customresourcedefinitions.apiextensions.k8s.io"
 def needs(
     where: str | None, release_ns: str, dispatchers: list[str]
 ) -> list[tuple[str, str, str | None]]:
-    """Every API call the operator makes (kopf's included), where it makes it."""
+    """Every API call the operator makes (kopf's and the scaler's included), where it
+    makes it: ``where`` it watches, and the release's dispatchers."""
     return [
         ("list", CRDS, None),
         ("watch", CRDS, None),
@@ -559,9 +568,9 @@ def needs(
         ("watch", "secrets", where),
         ("create", "secrets", where),
         ("create", "events", where),
-        ("get", "deployments.apps", release_ns),
-        ("list", "deployments.apps", release_ns),
-        ("watch", "deployments.apps", release_ns),
+        ("get", "deployments.apps", where),
+        ("list", "deployments.apps", where),
+        ("watch", "deployments.apps", where),
         *[
             (verb, f"deployments.apps/{name}:scale", release_ns)
             for name in dispatchers
@@ -579,8 +588,8 @@ def never(where: str | None, release_ns: str) -> list[tuple[str, str, str | None
         ("patch", "deployments.apps", release_ns),
         ("patch", "deployments.apps/hookline-receiver:scale", release_ns),
         ("patch", "deployments.apps/scoped-hookline-receiver:scale", release_ns),
-        ("list", "deployments.apps", "kube-system"),
         ("patch", "deployments.apps:scale", "kube-system"),
+        ("patch", "deployments.apps:scale", release_ns),
         ("delete", WHE, where),
         ("create", WHE, where),
         ("update", WHE, where),
@@ -611,25 +620,34 @@ def test_cluster_wide_operator_may_do_what_it_needs_and_no_more(installed: Insta
 
 def test_namespaced_operator_may_do_what_it_needs_there_and_no_more(installed: Installed) -> None:
     dispatchers = ["scoped-hookline-dispatcher-default", "scoped-hookline-dispatcher-bulk"]
-    allowed = [*needs(WATCHED[0], NS_SCOPED, dispatchers), *needs(WATCHED[1], NS_SCOPED, [])]
-    # kopf lists and watches namespaces when it is given a list of them; and peering.
-    allowed += [("list", "namespaces", None), ("watch", "namespaces", None)]
-    allowed += [("patch", "kopfpeerings.kopf.dev", w) for w in WATCHED]
-    outside = [
+    allowed = [
+        *needs(NS_SCOPED, NS_SCOPED, dispatchers),
+        *[c for ns in WATCHED for c in needs(ns, NS_SCOPED, [])],
+        # kopf lists and watches namespaces when it is given a list of them; and peering.
+        ("list", "namespaces", None),
+        ("watch", "namespaces", None),
+        *[("patch", "kopfpeerings.kopf.dev", ns) for ns in (*WATCHED, NS_SCOPED)],
+    ]
+    elsewhere = [
         (verb, what, where)
-        for where in (OUTSIDE, NS_SCOPED, None)
+        for where in (OUTSIDE, "kube-system", None)
         for verb, what in (
             ("get", "secrets"),
             ("list", "secrets"),
             ("list", WHE),
             ("create", "events"),
+            ("list", "deployments.apps"),
         )
     ]
     check_rbac(
         installed.plane,
         SCOPED_SA,
         allowed,
-        never(WATCHED[0], NS_SCOPED) + outside + [("patch", "clusterkopfpeerings.kopf.dev", None)],
+        [
+            *never(WATCHED[0], NS_SCOPED),
+            *elsewhere,
+            ("patch", "clusterkopfpeerings.kopf.dev", None),
+        ],
     )
 
 

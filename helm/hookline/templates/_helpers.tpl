@@ -181,10 +181,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- toYaml $env -}}
 {{- end -}}
 
+{{/* The namespaces the operator watches, comma-separated; empty: the whole cluster. A list
+     always includes the release namespace: the scaler finds the dispatchers where the
+     operator watches. */}}
+{{- define "hookline.operatorNamespaces" -}}
+{{- with .Values.operator.watchNamespaces -}}
+{{- append . $.Release.Namespace | uniq | join "," -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "hookline.operatorConfig" -}}
 {{- $o := .Values.operator -}}
 {{- $env := dict "HOOKLINE_OPERATOR_PORT" (toString $o.port) "HOOKLINE_OPERATOR_INTERVAL" (include "hookline.num" $o.interval) "HOOKLINE_SIGNING_GRACE" (include "hookline.num" $o.signingGrace) -}}
-{{- $_ := set $env "HOOKLINE_OPERATOR_NAMESPACES" (join "," $o.watchNamespaces) -}}
+{{- $_ := set $env "HOOKLINE_OPERATOR_NAMESPACES" (include "hookline.operatorNamespaces" .) -}}
 {{- $_ := set $env "HOOKLINE_OPERATOR_PEERING" $o.peering -}}
 {{- $env = merge $env (fromYaml (include "hookline.commonConfig" (dict "root" . "component" "operator"))) -}}
 {{- $env = merge (fromYaml (include "hookline.extraConfig" $o.config) | default dict) $env -}}
