@@ -72,7 +72,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* A number as HOOKLINE_* wants it: integers without exponent or decimals. */}}
 {{- define "hookline.num" -}}
-{{- if kindIs "string" . -}}{{ . }}{{- else if eq (float64 .) (float64 (int64 .)) -}}{{ int64 . }}{{- else -}}{{ . }}{{- end -}}
+{{- if or (kindIs "string" .) (kindIs "bool" .) -}}{{ . }}{{- else if eq (float64 .) (float64 (int64 .)) -}}{{ int64 . }}{{- else -}}{{ . }}{{- end -}}
 {{- end -}}
 
 {{/* The values, checked once: a bad combination fails the render with the reason. */}}
