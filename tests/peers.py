@@ -252,6 +252,9 @@ class Endpoint:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    _counts: Counter[str] = field(default_factory=Counter)
+    concurrent: int = 0  # requests being answered now
+    max_concurrent: int = 0
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Condition | None = None
 
@@ -280,13 +283,23 @@ class Endpoint:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         wid = headers.get("webhook-id", "")
-        nth = 1 + sum(1 for r in self.received if r.headers.get("webhook-id") == wid)
+        self._counts[wid] += 1
+        nth = self._counts[wid]
         self.received.append(Received(request.path, headers, body, time.time()))
         assert self._arrived is not None
         async with self._arrived:
             self._arrived.notify_all()
         behaviour = self.behaviours.get(request.path, ok)
-        return await behaviour(request, nth)
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            return await behaviour(request, nth)
+        finally:
+            self.concurrent -= 1
+
+    def reset(self) -> None:
+        self.received.clear()
+        self._counts.clear()
 
     def ids(self, path: str | None = None) -> Counter[str]:
         return Counter(

@@ -82,7 +82,7 @@ class Stack:
     async def start(self, dispatchers: int = 1) -> Stack:
         self.redis = redis_client(self.config)
         self.registry = Registry(self.redis, self.config.prefix)
-        self.queue = Queue(self.redis, self.config.prefix, self.config.idempotency_ttl)
+        self.queue = Queue.from_config(self.redis, self.config)
         if self.bodies is None:
             self.bodies = FilesystemBodyStore(self.config.body_dir)
         await self.start_receiver()

@@ -83,7 +83,7 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
     redis = redis_client(config)
     bodies = body_store(config)
     registry = Registry(redis, config.prefix)
-    queue = Queue(redis, config.prefix, config.idempotency_ttl)
+    queue = Queue.from_config(redis, config)
     app = create_app(
         config, RegistryCache(registry, config.registry_refresh), queue, bodies, Metrics()
     )
@@ -103,7 +103,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
     redis = redis_client(config)
     bodies = body_store(config)
     registry = Registry(redis, config.prefix)
-    queue = Queue(redis, config.prefix)
+    queue = Queue.from_config(redis, config)
     cache = RegistryCache(registry, config.registry_refresh)
     metrics = Metrics()
     session = client_session(config)
@@ -244,7 +244,7 @@ async def send_main(args: argparse.Namespace) -> int:
 
 async def dlq_main(config: Config, args: argparse.Namespace) -> int:
     redis = redis_client(config)
-    queue = Queue(redis, config.prefix)
+    queue = Queue.from_config(redis, config)
     registry = Registry(redis, config.prefix)
     try:
         since = time.time() - _duration(args.since) if getattr(args, "since", None) else None
@@ -308,7 +308,7 @@ async def dlq_main(config: Config, args: argparse.Namespace) -> int:
 async def endpoints_main(config: Config) -> int:
     redis = redis_client(config)
     registry = Registry(redis, config.prefix)
-    queue = Queue(redis, config.prefix)
+    queue = Queue.from_config(redis, config)
     try:
         disabled = await registry.disabled()
         rows = [("ENDPOINT", "POOL", "DELIVERED", "FAILED", "DEAD", "STATE", "URL")]

@@ -77,6 +77,16 @@ class Config:
         0.0, "fault injection: seconds between an endpoint's 2xx and the acknowledgement"
     )
 
+    endpoint_concurrency: int = _setting(
+        64, "deliveries in flight to one endpoint per dispatcher process, whatever its spec"
+    )
+    circuit_threshold: int = _setting(10, "consecutive failed attempts that open a circuit")
+    circuit_cooldown: float = _setting(30.0, "seconds a circuit stays open before one probe")
+    disable_after: float = _setting(
+        5 * 86400.0, "an endpoint failing continuously this long is disabled"
+    )
+    attempt_log: int = _setting(50, "latest attempts kept per endpoint")
+
     # retry defaults (an endpoint's spec.retry overrides them)
     retry_attempts: int = _setting(15, "delivery attempts before the dead letter")
     retry_base: float = _setting(5.0, "first backoff, seconds; doubles each attempt")
@@ -147,7 +157,14 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
 def validate(config: Config) -> None:
     if config.inline_limit > config.max_body_bytes:
         raise InvalidSpec("HOOKLINE_INLINE_LIMIT must not exceed HOOKLINE_MAX_BODY_BYTES")
-    for name in ("concurrency", "read_batch", "retry_attempts"):
+    for name in (
+        "concurrency",
+        "read_batch",
+        "retry_attempts",
+        "endpoint_concurrency",
+        "circuit_threshold",
+        "attempt_log",
+    ):
         if getattr(config, name) < 1:
             raise InvalidSpec(f"HOOKLINE_{name.upper()} must be at least 1")
     if config.body_store not in ("fs", "gcs"):

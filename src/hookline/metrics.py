@@ -52,6 +52,18 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("hookline_in_flight", "Deliveries in progress", registry=r)
+        self.circuit_open = Gauge(
+            "hookline_circuit_open",
+            "1 while an endpoint's circuit is open",
+            ["endpoint"],
+            registry=r,
+        )
+        self.disabled = Counter(
+            "hookline_endpoints_disabled",
+            "Endpoints disabled by a dispatcher, by cause",
+            ["cause"],
+            registry=r,
+        )
         self.queue_backlog = Gauge(
             "hookline_queue_backlog", "Entries waiting in a pool's stream", ["pool"], registry=r
         )

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from hookline.config import Config
 from hookline.errors import StoreUnavailable
 from hookline.models import Webhook
 
@@ -49,7 +50,27 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
 
-# KEYS: stream, stats   ARGV: group, msgid, now
+# Shared by the scripts that record a failed attempt: figures, the attempt log,
+# and the endpoint's health — the streak of consecutive failures, when it
+# began, and until when its circuit is open. Returns {streak, open_until, since}.
+_FAILED = """
+local function failed(stats, attempts, failure, now, threshold, cooldown, logsize)
+  redis.call('HINCRBY', stats, 'failed', 1)
+  redis.call('HSET', stats, 'last_failure', failure)
+  redis.call('LPUSH', attempts, failure)
+  redis.call('LTRIM', attempts, 0, logsize - 1)
+  local streak = redis.call('HINCRBY', stats, 'streak', 1)
+  redis.call('HSETNX', stats, 'streak_since', now)
+  local open_until = tonumber(redis.call('HGET', stats, 'open_until') or '0')
+  if streak >= threshold and open_until <= now then
+    open_until = now + cooldown
+    redis.call('HSET', stats, 'open_until', open_until)
+  end
+  return {streak, open_until, tonumber(redis.call('HGET', stats, 'streak_since'))}
+end
+"""
+
+# KEYS: stream, stats, attempts   ARGV: group, msgid, now, attempt json, log size
 _DELIVERED = """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -59,39 +80,49 @@ if acked == 0 then
 end
 redis.call('HINCRBY', KEYS[2], 'delivered', 1)
 redis.call('HSET', KEYS[2], 'last_success', ARGV[3])
+redis.call('HDEL', KEYS[2], 'streak', 'streak_since', 'open_until')
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
 
-# KEYS: stream, retry zset, retry hash, stats
-# ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not a failure)
-_RESCHEDULE = """
+# KEYS: stream, retry zset, retry hash, stats, attempts
+# ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not an attempt),
+#       now, threshold, cooldown, log size
+_RESCHEDULE = (
+    _FAILED
+    + """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if acked == 0 then return 0 end
+if acked == 0 then return {0} end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-if ARGV[6] ~= '' then
-  redis.call('HINCRBY', KEYS[4], 'failed', 1)
-  redis.call('HSET', KEYS[4], 'last_failure', ARGV[6])
-end
-return 1
+if ARGV[6] == '' then return {1} end
+local h = failed(KEYS[4], KEYS[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]),
+                 tonumber(ARGV[9]), tonumber(ARGV[10]))
+return {1, h[1], h[2], h[3]}
 """
+)
 
-# KEYS: stream, dead stream, stats   ARGV: group, msgid, packed, reason, pool, endpoint, failure
-_DEAD = """
+# KEYS: stream, dead stream, stats, attempts
+# ARGV: group, msgid, packed, reason, pool, endpoint, failure json ('' when no attempt),
+#       now, threshold, cooldown, log size
+_DEAD = (
+    _FAILED
+    + """
 if ARGV[2] ~= '' then
   local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[1], ARGV[2])
-  if acked == 0 then return 0 end
+  if acked == 0 then return {0} end
 end
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[3], 'reason', ARGV[4], 'pool', ARGV[5], 'ep', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
-if ARGV[7] ~= '' then
-  redis.call('HINCRBY', KEYS[3], 'failed', 1)
-  redis.call('HSET', KEYS[3], 'last_failure', ARGV[7])
-end
-return 1
+if ARGV[7] == '' then return {1} end
+local h = failed(KEYS[3], KEYS[4], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]),
+                 tonumber(ARGV[10]), tonumber(ARGV[11]))
+return {1, h[1], h[2], h[3]}
 """
+)
 
 # KEYS: retry zset, retry hash, stream   ARGV: now_ms, limit
 _MOVE_DUE = """
@@ -123,6 +154,23 @@ _SCRIPTS = {
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """What recording an outcome found: whether this consumer settled the entry (False:
+    another had, this was a duplicate) and, after a failed attempt, the endpoint's health."""
+
+    acked: bool
+    streak: int = 0  # consecutive failed attempts of the endpoint, across all dispatchers
+    open_until: float = 0.0  # Unix seconds; the circuit is open before then
+    failing_since: float = 0.0  # Unix seconds; when the streak began
+
+    @classmethod
+    def from_script(cls, raw: list[Any]) -> Settled:
+        if len(raw) < 4:
+            return cls(bool(raw[0]))
+        return cls(True, int(raw[1]), int(raw[2]) / 1000, int(raw[3]) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: str  # the dead-letter stream id
     webhook: Webhook
@@ -138,15 +186,36 @@ def _s(v: bytes | str) -> str:
 class Queue:
     """Enqueue, read, claim and settle webhooks; all Redis I/O of the pipeline goes through here."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, idempotency_ttl: float = 86400.0):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        idempotency_ttl: float = 86400.0,
+        circuit_threshold: int = 10,
+        circuit_cooldown: float = 30.0,
+        attempt_log: int = 50,
+    ):
         self.redis = redis
         self.prefix = prefix
         self.idempotency_ttl_ms = int(idempotency_ttl * 1000)
+        self._health_args = [circuit_threshold, int(circuit_cooldown * 1000), attempt_log]
+        self.attempt_log = attempt_log
         self.dead_key = f"{prefix}:dead"
         self._sha: dict[str, str] = {}
         self._pending: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._claim_cursor: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, redis: aioredis.Redis, config: Config) -> Queue:
+        return cls(
+            redis,
+            config.prefix,
+            config.idempotency_ttl,
+            config.circuit_threshold,
+            config.circuit_cooldown,
+            config.attempt_log,
+        )
 
     # -- keys
 
@@ -155,6 +224,9 @@ class Queue:
 
     def stats_key(self, endpoint_id: str) -> str:
         return f"{self.prefix}:stats:{endpoint_id}"
+
+    def attempts_key(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:attempts:{endpoint_id}"
 
     def _retry_keys(self, pool: str) -> tuple[str, str]:
         return f"{self.prefix}:retry:{pool}", f"{self.prefix}:retrydata:{pool}"
@@ -289,10 +361,14 @@ class Queue:
         self._claim_cursor[pool] = _s(resp[0])
         return [(mid, _unpack(fields)) for mid, fields in resp[1] if fields]
 
-    async def delivered(self, pool: str, msg_id: bytes, endpoint_id: str) -> bool:
-        """Record a delivery; False when the entry had already been settled (a duplicate)."""
-        keys = [self.stream(pool), self.stats_key(endpoint_id)]
-        return bool(await self._run(self._script("delivered", keys, [GROUP, msg_id, _now_ms()])))
+    async def delivered(
+        self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any]
+    ) -> bool:
+        """Record a delivery; False when the entry had already been settled (a duplicate).
+        A delivery ends the endpoint's failure streak and closes its circuit."""
+        keys = [self.stream(pool), self.stats_key(endpoint_id), self.attempts_key(endpoint_id)]
+        args = [GROUP, msg_id, _now_ms(), json.dumps(attempt), self.attempt_log]
+        return bool(await self._run(self._script("delivered", keys, args)))
 
     async def reschedule(
         self,
@@ -301,15 +377,23 @@ class Queue:
         webhook: Webhook,
         delay: float,
         failure: dict[str, Any] | None = None,
-    ) -> bool:
-        """Settle the entry and put the (updated) webhook on the retry schedule."""
+    ) -> Settled:
+        """Settle the entry and put the (updated) webhook on the retry schedule; ``failure``
+        is the failed attempt that led here (None for a deferral, which is no attempt)."""
         zkey, hkey = self._retry_keys(pool)
         uid = f"{webhook.id}:{webhook.attempt}:{time.time_ns()}"
-        due = _now_ms() + int(delay * 1000)
-        keys = [self.stream(pool), zkey, hkey, self.stats_key(webhook.endpoint)]
+        now = _now_ms()
+        keys = [
+            self.stream(pool),
+            zkey,
+            hkey,
+            self.stats_key(webhook.endpoint),
+            self.attempts_key(webhook.endpoint),
+        ]
         fail = json.dumps(failure) if failure else ""
-        args = [GROUP, msg_id, uid, due, webhook.pack(), fail]
-        return bool(await self._run(self._script("reschedule", keys, args)))
+        args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
+        raw = await self._run(self._script("reschedule", keys, [*args, *self._health_args]))
+        return Settled.from_script(raw)
 
     async def dead(
         self,
@@ -318,12 +402,61 @@ class Queue:
         webhook: Webhook,
         reason: str,
         failure: dict[str, Any] | None = None,
-    ) -> bool:
+    ) -> Settled:
         """Settle the entry into the dead letter with its reason."""
-        keys = [self.stream(pool), self.dead_key, self.stats_key(webhook.endpoint)]
+        keys = [
+            self.stream(pool),
+            self.dead_key,
+            self.stats_key(webhook.endpoint),
+            self.attempts_key(webhook.endpoint),
+        ]
         fail = json.dumps(failure) if failure else ""
         args = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint, fail]
-        return bool(await self._run(self._script("dead", keys, args)))
+        raw = await self._run(self._script("dead", keys, [*args, _now_ms(), *self._health_args]))
+        return Settled.from_script(raw)
+
+    async def health(self, endpoint_ids: list[str]) -> dict[str, tuple[int, float]]:
+        """(failure streak, circuit open until) of each endpoint, for dispatchers whose
+        own view may be stale."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ep in endpoint_ids:
+                    pipe.hmget(self.stats_key(ep), ["streak", "open_until"])
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return {
+            ep: (int(streak or 0), int(until or 0) / 1000)
+            for ep, (streak, until) in zip(endpoint_ids, rows, strict=True)
+        }
+
+    async def attempts(self, endpoint_id: str, count: int | None = None) -> list[dict[str, Any]]:
+        """The endpoint's latest attempts, newest first."""
+        try:
+            raw = await self.redis.lrange(  # type: ignore[misc]
+                self.attempts_key(endpoint_id), 0, (count or self.attempt_log) - 1
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return [json.loads(r) for r in raw]
+
+    async def expire_dead(self, before: float) -> list[str]:
+        """Drop dead letters older than ``before`` (Unix seconds); returns the body references
+        they held, for the caller to delete."""
+        cutoff = f"{int(before * 1000)}-0"
+        refs: list[str] = []
+        try:
+            start = "-"
+            while True:
+                batch = await self.redis.xrange(self.dead_key, start, f"({cutoff}", count=500)
+                refs.extend(r for _, f in batch if (r := _unpack(f).body_ref))
+                if len(batch) < 500:
+                    break
+                start = "(" + _s(batch[-1][0])
+            await self.redis.xtrim(self.dead_key, minid=cutoff)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
+        return refs
 
     async def move_due(self, pool: str, limit: int = 1000) -> int:
         """Move retries whose time has come back onto the stream; returns how many."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,11 +27,12 @@ import aiohttp
 
 from hookline.bodies import BodyStore
 from hookline.config import Config
+from hookline.dispatcher.gates import Gates
 from hookline.dispatcher.policy import RETRY_AFTER_STATUSES, GiveUp, decide, parse_retry_after
 from hookline.errors import BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
-from hookline.queue import Queue
+from hookline.queue import Queue, Settled
 from hookline.registry import Registry, RegistryCache
 from hookline.signing import Signer
 
@@ -76,7 +78,9 @@ class Dispatcher:
         self.metrics = metrics
         self.session = session
         self.consumer = consumer or consumer_name()
+        self.gates = Gates(queue.redis, queue, config, metrics)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._handling: set[bytes] = set()  # stream ids of the entries in flight here
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -108,6 +112,7 @@ class Dispatcher:
             asyncio.create_task(self._read_loop(), name="read"),
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._move_loop(), name="move-due"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
         log.info("dispatcher %s serving pool %r", self.consumer, self.pool)
         await stop.wait()
@@ -128,10 +133,17 @@ class Dispatcher:
 
     def _start(self, entries: list[tuple[bytes, Webhook]]) -> None:
         for msg_id, webhook in entries:
+            if msg_id in self._handling:  # reclaimed from ourselves: already in flight
+                continue
+            self._handling.add(msg_id)
             task = asyncio.create_task(self._handle(msg_id, webhook))
+            task.add_done_callback(functools.partial(self._finished, msg_id))
             self._inflight.add(task)
             task.add_done_callback(self._done)
         self.metrics.in_flight.set(len(self._inflight))
+
+    def _finished(self, msg_id: bytes, _: asyncio.Task[None]) -> None:
+        self._handling.discard(msg_id)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -191,6 +203,22 @@ class Dispatcher:
                 log.warning("moving due retries: %s", exc)
             await self._pause(0.1)
 
+    async def _housekeeping(self) -> None:
+        """Every second, catch up on failing endpoints' circuits; every minute, drop dead
+        letters (and their bodies) past retention."""
+        next_expiry = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self.gates.refresh()
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + 60
+                    cutoff = time.time() - self.config.body_retention
+                    for ref in await self.queue.expire_dead(cutoff):
+                        await self.bodies.delete(ref)
+            except StoreUnavailable as exc:
+                log.warning("housekeeping: %s", exc)
+            await self._pause(1.0)
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
@@ -206,10 +234,22 @@ class Dispatcher:
         if disabled:
             await self._dead(msg_id, webhook, f"endpoint disabled: {disabled}")
             return
+        outcome: Outcome
         if endpoint.paused:
-            outcome: Outcome = Deferred("endpoint paused", self.config.defer_delay)
+            outcome = Deferred("endpoint paused", self.config.defer_delay)
         else:
-            outcome = await self.attempt(endpoint, webhook)
+            try:
+                admitted = await self.gates.admit(endpoint, time.time())
+            except StoreUnavailable as exc:
+                log.warning("gates: %s", exc)  # left pending; tried again after claim_idle
+                return
+            if isinstance(admitted, Deferred):
+                outcome = admitted
+            else:
+                try:
+                    outcome = await self.attempt(endpoint, webhook)
+                finally:
+                    await self.gates.release(admitted)
         await self._settle(msg_id, webhook, endpoint, outcome)
 
     async def attempt(self, endpoint: Endpoint, webhook: Webhook) -> Outcome:
@@ -252,6 +292,8 @@ class Dispatcher:
                 f"timed out after {endpoint.timeout_seconds:g} s", None, time.monotonic() - start
             )
         except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc.__cause__, StoreUnavailable):  # the body store failed mid-stream
+                return Deferred(f"body store unavailable: {exc.__cause__}", 5.0)
             return Failed(
                 f"connection failed: {exc or type(exc).__name__}", None, time.monotonic() - start
             )
@@ -276,36 +318,72 @@ class Dispatcher:
         if isinstance(outcome, Delivered):
             if self.config.fault_ack_delay:
                 await asyncio.sleep(self.config.fault_ack_delay)
-            if not await self.queue.delivered(self.pool, msg_id, endpoint.id):
+            attempt = {"at": now, "status": outcome.status, "latency": round(outcome.latency, 4)}
+            if not await self.queue.delivered(self.pool, msg_id, endpoint.id, attempt):
                 self.metrics.duplicates.inc()
+            self.gates.observe(endpoint.id, None)
             self.metrics.end_to_end.observe(max(0.0, now - webhook.created_ms / 1000))
             if webhook.body_ref is not None:
                 with contextlib.suppress(StoreUnavailable):
                     await self.bodies.delete(webhook.body_ref)
             return
         if isinstance(outcome, Deferred):
-            await self.queue.reschedule(self.pool, msg_id, webhook, outcome.delay)
+            age = now - webhook.created_ms / 1000
+            if age > endpoint.retry.max_age_seconds:
+                await self._dead(msg_id, webhook, f"gave up at age {age:.0f} s: {outcome.reason}")
+            else:
+                await self.queue.reschedule(self.pool, msg_id, webhook, outcome.delay)
             return
-        failure = {"at": now, "status": outcome.status, "reason": outcome.reason}
+        failure = {
+            "at": now,
+            "status": outcome.status,
+            "latency": round(outcome.latency, 4),
+            "reason": outcome.reason,
+            "attempt": webhook.attempt + 1,
+        }
         webhook.attempt += 1
         if isinstance(outcome, Rejected):
             if outcome.disable:
-                await self.registry.disable(endpoint.id, outcome.reason)
-            await self._dead(msg_id, webhook, outcome.reason, failure)
+                await self._disable(endpoint, outcome.reason, "gone")
+            await self._dead(msg_id, webhook, outcome.reason, failure, endpoint)
             return
         decision = decide(outcome, webhook, endpoint.retry, self.config.retry_after_max, now)
         if isinstance(decision, GiveUp):
-            await self._dead(msg_id, webhook, decision.reason, failure)
+            await self._dead(msg_id, webhook, decision.reason, failure, endpoint)
             return
-        if await self.queue.reschedule(self.pool, msg_id, webhook, decision.delay, failure):
+        settled = await self.queue.reschedule(self.pool, msg_id, webhook, decision.delay, failure)
+        if settled.acked:
             self.metrics.retries.inc()
+        await self._observe_failure(endpoint, settled)
+
+    async def _observe_failure(self, endpoint: Endpoint, settled: Settled) -> None:
+        self.gates.observe(endpoint.id, settled)
+        since = settled.failing_since
+        if since and time.time() - since > self.config.disable_after:
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+            await self._disable(endpoint, f"failing continuously since {started}", "failing")
+
+    async def _disable(self, endpoint: Endpoint, reason: str, cause: str) -> None:
+        if self.cache.disabled_reason(endpoint.id) is None:
+            await self.registry.disable(endpoint.id, reason)
+            self.metrics.disabled.labels(cause).inc()
+            log.warning("endpoint %s disabled: %s", endpoint.id, reason)
 
     async def _dead(
-        self, msg_id: bytes, webhook: Webhook, reason: str, failure: dict[str, Any] | None = None
+        self,
+        msg_id: bytes,
+        webhook: Webhook,
+        reason: str,
+        failure: dict[str, Any] | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         try:
-            if await self.queue.dead(self.pool, msg_id, webhook, reason, failure):
-                self.metrics.dead_letters.inc()
-                log.info("dead letter %s (%s): %s", webhook.id, webhook.endpoint, reason)
+            settled = await self.queue.dead(self.pool, msg_id, webhook, reason, failure)
         except StoreUnavailable as exc:
             log.warning("could not dead-letter %s: %s", webhook.id, exc)
+            return
+        if settled.acked:
+            self.metrics.dead_letters.inc()
+            log.info("dead letter %s (%s): %s", webhook.id, webhook.endpoint, reason)
+        if endpoint is not None and failure is not None:
+            await self._observe_failure(endpoint, settled)
