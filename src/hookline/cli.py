@@ -305,16 +305,57 @@ async def dlq_main(config: Config, args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
-async def endpoints_main(config: Config) -> int:
+def _when(value: str | float | None) -> str:
+    if not value:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(value) / 1000))
+
+
+async def endpoints_main(config: Config, attempts_of: str | None = None) -> int:
+    """The endpoints with their figures; with ``attempts_of``, that endpoint's latest attempts."""
     redis = redis_client(config)
     registry = Registry(redis, config.prefix)
     queue = Queue.from_config(redis, config)
     try:
+        if attempts_of is not None:
+            for a in await queue.attempts(attempts_of):
+                print(
+                    f"{_when(a['at'] * 1000)}  status={a.get('status') or '-'}  "
+                    f"latency={a.get('latency', 0) * 1000:.0f}ms  {a.get('reason', 'delivered')}"
+                )
+            return 0
         disabled = await registry.disabled()
-        rows = [("ENDPOINT", "POOL", "DELIVERED", "FAILED", "DEAD", "STATE", "URL")]
+        header = (
+            "ENDPOINT",
+            "POOL",
+            "DELIVERED",
+            "FAILED",
+            "DEAD",
+            "DUPLICATES",
+            "STATE",
+            "LAST SUCCESS",
+            "LAST FAILURE",
+            "URL",
+        )
+        rows = [header]
+        now_ms = time.time() * 1000
         for ep in sorted((await registry.all()).values(), key=lambda e: e.id):
             s = await queue.stats(ep.id)
-            state = "disabled" if ep.id in disabled else ("paused" if ep.paused else "active")
+            if ep.id in disabled:
+                state = "disabled: " + str(disabled[ep.id].get("reason", ""))
+            elif ep.paused:
+                state = "paused"
+            elif (
+                int(s.get("streak", 0)) >= config.circuit_threshold
+                and float(s.get("open_until", 0)) > now_ms
+            ):
+                state = "circuit-open"
+            else:
+                state = "active"
+            last_failure = "-"
+            if s.get("last_failure"):
+                f = json.loads(s["last_failure"])
+                last_failure = f"{_when(f['at'] * 1000)} {f.get('reason', '')}"
             rows.append(
                 (
                     ep.id,
@@ -322,11 +363,14 @@ async def endpoints_main(config: Config) -> int:
                     s.get("delivered", "0"),
                     s.get("failed", "0"),
                     s.get("dead", "0"),
+                    s.get("duplicates", "0"),
                     state,
+                    _when(s.get("last_success")),
+                    last_failure,
                     ep.url,
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         return 0
@@ -393,7 +437,8 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("ids", nargs="*")
     rep.add_argument("--endpoint")
     rep.add_argument("--since")
-    sub.add_parser("endpoints", help="endpoints and their delivery figures")
+    eps = sub.add_parser("endpoints", help="endpoints and their delivery figures")
+    eps.add_argument("--attempts", metavar="ENDPOINT", help="the latest attempts of one endpoint")
     return p
 
 
@@ -419,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dlq":
             return int(_run(lambda _stop: dlq_main(config, args)))
         elif args.command == "endpoints":
-            return int(_run(lambda _stop: endpoints_main(config)))
+            return int(_run(lambda _stop: endpoints_main(config, args.attempts)))
     except HooklineError as exc:
         print(f"hookline: {exc}", file=sys.stderr)
         return 2

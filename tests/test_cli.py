@@ -1,0 +1,112 @@
+"""The operator's tools, run as a user runs them: ``hookline dlq`` and ``hookline endpoints``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+from hookline.config import Config
+from hookline.models import Webhook
+from tests.peers import Endpoint, eventually, status
+from tests.stack import Stack
+
+
+def hookline(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HOOKLINE_REDIS_URL=config.redis_url, HOOKLINE_PREFIX=config.prefix)
+    return subprocess.run(
+        [sys.executable, "-m", "hookline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_dead_letters_are_listed_shown_and_replayed_with_the_same_id(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    healthy = False
+
+    async def answer(request: object, nth: int) -> object:
+        return await (status(204) if healthy else status(500))(request, nth)  # type: ignore[arg-type]
+
+    ep, key = await stack.add_endpoint(endpoint.on("/d", answer), retry={"attempts": 2})  # type: ignore[arg-type]
+    ids = [(await stack.send(key, f'{{"n":{i}}}'.encode()))[1]["id"] for i in range(3)]
+
+    async def three_dead() -> bool:
+        return len(await stack.queue.dead_letters()) == 3
+
+    await eventually(three_dead, 10, "three dead letters")
+
+    listed = await asyncio.to_thread(hookline, stack.config, "dlq", "list", "--since", "1h")
+    assert listed.returncode == 0, listed.stderr
+    assert all(i in listed.stdout for i in ids)
+    assert "gave up after 2 attempts" in listed.stdout
+    other = await asyncio.to_thread(hookline, stack.config, "dlq", "list", "--endpoint", "x/y")
+    assert other.stdout.strip() == ""
+
+    shown = await asyncio.to_thread(hookline, stack.config, "dlq", "show", ids[0])
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["id"] == ids[0] and detail["attempts"] == 2 and detail["body"] == '{"n":0}'
+    missing = await asyncio.to_thread(hookline, stack.config, "dlq", "show", "msg_NOPE")
+    assert missing.returncode == 1 and "no dead letter" in missing.stderr
+
+    healthy = True
+    replayed = await asyncio.to_thread(hookline, stack.config, "dlq", "replay", "--endpoint", ep.id)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 3" in replayed.stdout
+    await endpoint.wait_for(
+        lambda: all(
+            any(r.headers["webhook-id"] == i and r.body for r in endpoint.received[6:]) for i in ids
+        ),
+        10,
+        "the replayed webhooks, with their original ids",
+    )
+    assert await stack.queue.dead_letters() == []
+
+
+async def test_dead_letters_past_retention_go_with_their_bodies(config: Config) -> None:
+    stack = await Stack(replace(config, body_retention=0.2)).start(dispatchers=0)
+    try:
+        assert stack.bodies is not None
+        ref, _ = await stack.bodies.put("msg_old", _chunks(b"x" * 10), 100)
+        old = Webhook("msg_old", "test/x", {}, body_ref=ref, size=10, created_ms=0)
+        await stack.queue.dead("default", None, old, "test")
+        await asyncio.sleep(0.3)
+        await stack.start_dispatcher()  # its housekeeping expires dead letters at start
+
+        async def gone() -> bool:
+            files = [f for _, _, fs in os.walk(config.body_dir) for f in fs]
+            return not files and await stack.queue.dead_letters() == []
+
+        await eventually(gone, 10, "the expired dead letter and its body to go")
+    finally:
+        await stack.stop()
+
+
+async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
+    yield data
+
+
+async def test_endpoints_table_shows_figures_and_attempts(stack: Stack, endpoint: Endpoint) -> None:
+    ep, key = await stack.add_endpoint(endpoint.on("/t", status(200)), name="figures")
+    for _ in range(3):
+        await stack.send(key)
+
+    async def delivered() -> bool:
+        return (await stack.queue.stats(ep.id)).get("delivered") == "3"
+
+    await eventually(delivered, 5, "three deliveries counted")
+    table = await asyncio.to_thread(hookline, stack.config, "endpoints")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["ENDPOINT", "POOL", "DELIVERED", "FAILED", "DEAD"]
+    assert row.split()[:7] == [ep.id, "default", "3", "0", "0", "0", "active"]
+    log = await asyncio.to_thread(hookline, stack.config, "endpoints", "--attempts", ep.id)
+    assert log.stdout.count("status=200") == 3
