@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from hookline import config as config_mod
+from hookline import outbound
 from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.errors import HooklineError
@@ -69,8 +71,13 @@ def body_store(config: Config) -> BodyStore:
 
 
 def client_session(config: Config) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=config.concurrency, limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True
+    """The dispatcher's HTTP client: connects only where :mod:`hookline.outbound` permits."""
+    connector = outbound.connector(
+        config,
+        limit=config.concurrency,
+        limit_per_host=0,
+        ttl_dns_cache=10,
+        enable_cleanup_closed=True,
     )
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
@@ -173,11 +180,20 @@ def start_redis(url: str, folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def dev_config(config: Config) -> Config:
+    """The local stack's settings: its endpoints are on loopback, so loopback is allowed
+    unless ``HOOKLINE_ALLOW_CIDRS`` says otherwise."""
+    if config.allow_cidrs:
+        return config
+    return replace(config, allow_cidrs=outbound.LOOPBACK)
+
+
 async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port: int) -> None:
     from hookline.http import serve
     from hookline.manifests import load_endpoints
     from hookline.sink import create_sink
 
+    config = dev_config(config)
     redis_proc = None
     if not await _redis_answers(config.redis_url):
         redis_proc = start_redis(config.redis_url, Path("var/redis"))

@@ -73,6 +73,7 @@ class Config:
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         (), "comma-separated CIDRs the dispatcher may deliver to although they are not public"
     )
+    https_only: bool = _setting(False, "deliver only to https:// URLs; others are dead-lettered")
     fault_ack_delay: float = _setting(
         0.0, "fault injection: seconds between an endpoint's 2xx and the acknowledgement"
     )
@@ -133,6 +134,13 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
             return float(raw)
         if kind in (str, "str"):
             return raw
+        if kind in (bool, "bool"):
+            flag = raw.strip().lower()
+            if flag in ("1", "true", "yes", "on"):
+                return True
+            if flag in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
         if name == "allow_cidrs":
             return tuple(ipaddress.ip_network(c.strip()) for c in raw.split(",") if c.strip())
     except ValueError as exc:

@@ -4,7 +4,8 @@
     ├── StoreUnavailable   Redis or the body store cannot be reached: temporary, retry later
     ├── InvalidSpec        an endpoint definition or configuration is wrong: permanent
     ├── BodyMissing        a stored body is gone (expired, deleted): permanent for that webhook
-    └── BodyTooLarge       a body exceeded its cap while streaming: permanent for that request
+    ├── BodyTooLarge       a body exceeded its cap while streaming: permanent for that request
+    └── BlockedDestination the SSRF guard refused an endpoint's address: permanent
 
 Callers never see ``redis.exceptions`` or aiohttp's errors from the core; the
 permanent/temporary split is the retry decision in the dispatcher and the operator.
@@ -37,3 +38,11 @@ class BodyTooLarge(HooklineError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"body exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class BlockedDestination(HooklineError):
+    """The outbound guard refused to connect (see :mod:`hookline.outbound`): a permanent failure."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"blocked destination: {why}")
+        self.why = why

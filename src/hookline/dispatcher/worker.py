@@ -29,7 +29,7 @@ from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.dispatcher.gates import Gates
 from hookline.dispatcher.policy import RETRY_AFTER_STATUSES, GiveUp, decide, parse_retry_after
-from hookline.errors import BodyMissing, StoreUnavailable
+from hookline.errors import BlockedDestination, BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
 from hookline.queue import Queue, Settled
@@ -291,6 +291,8 @@ class Dispatcher:
             return Failed(
                 f"timed out after {endpoint.timeout_seconds:g} s", None, time.monotonic() - start
             )
+        except BlockedDestination as exc:  # the SSRF guard: permanent, see hookline.outbound
+            return Rejected(str(exc), None, time.monotonic() - start)
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(exc.__cause__, StoreUnavailable):  # the body store failed mid-stream
                 return Deferred(f"body store unavailable: {exc.__cause__}", 5.0)
