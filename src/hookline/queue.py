@@ -362,12 +362,14 @@ class Queue:
         return [(mid, _unpack(fields)) for mid, fields in resp[1] if fields]
 
     async def delivered(
-        self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any]
+        self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any] | None = None
     ) -> bool:
         """Record a delivery; False when the entry had already been settled (a duplicate).
         A delivery ends the endpoint's failure streak and closes its circuit."""
         keys = [self.stream(pool), self.stats_key(endpoint_id), self.attempts_key(endpoint_id)]
-        args = [GROUP, msg_id, _now_ms(), json.dumps(attempt), self.attempt_log]
+        now = _now_ms()
+        log_entry = json.dumps(attempt or {"at": now / 1000})
+        args = [GROUP, msg_id, now, log_entry, self.attempt_log]
         return bool(await self._run(self._script("delivered", keys, args)))
 
     async def reschedule(
