@@ -53,8 +53,42 @@ def tool_binary(name: str) -> str:
     return str(path)
 
 
-class RedisServer:
+class PeerProcess:
+    """A server process on a free loopback port that a test can stop, kill and restart."""
+
+    name = "peer"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def wait_until_answering(self, seconds: float = 10) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.proc.returncode}", pytrace=False)
+            with contextlib.suppress(OSError):
+                if self.answers():
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"{self.name} did not answer within {seconds:g} s", pytrace=False)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+
+class RedisServer(PeerProcess):
     """A private redis-server on a free loopback port; restartable with its data (AOF)."""
+
+    name = "redis-server"
 
     def __init__(self, folder: Path, appendonly: bool = True) -> None:
         self.exe = require_binary("redis-server", "run `make test` (it installs redis-server)")
@@ -90,36 +124,21 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.proc.returncode}", pytrace=False)
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        pytest.fail("redis-server did not answer within 10 s", pytrace=False)
+        self.wait_until_answering()
 
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = None
+    def answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
 
 
-class GcsServer:
+class GcsServer(PeerProcess):
     """A private fake-gcs-server (built by ``make tools``) on a free loopback port.
 
     Objects live under ``folder`` (the filesystem backend), so a restart on the same
     port brings them back, as GCS would after an outage."""
+
+    name = "fake-gcs-server"
 
     def __init__(self, folder: Path) -> None:
         self.exe = tool_binary("fake-gcs-server")
@@ -153,25 +172,11 @@ class GcsServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"fake-gcs-server exited with {self.proc.returncode}", pytrace=False)
-            with contextlib.suppress(OSError):
-                self.request("GET", "/storage/v1/b")
-                return
-            time.sleep(0.05)
-        pytest.fail("fake-gcs-server did not answer within 10 s", pytrace=False)
+        self.wait_until_answering()
 
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = None
+    def answers(self) -> bool:
+        self.request("GET", "/storage/v1/b")
+        return True
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON API call, for fixtures and assertions (not through hookline's client)."""

@@ -102,10 +102,8 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
 
 
 async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
-    from aiohttp import web
-
     from hookline.dispatcher import Dispatcher
-    from hookline.http import json_errors, probe_routes, serve
+    from hookline.http import serve_probes
 
     redis = redis_client(config)
     bodies = body_store(config)
@@ -127,10 +125,10 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
 
     tasks = [asyncio.create_task(dispatcher.run(stop))]
     if config.dispatcher_port:
-        probes = web.Application(middlewares=[json_errors])
-        probes.add_routes(probe_routes(metrics, ready))
         tasks.append(
-            asyncio.create_task(serve(probes, config.dispatcher_host, config.dispatcher_port, stop))
+            asyncio.create_task(
+                serve_probes(metrics, ready, config.dispatcher_host, config.dispatcher_port, stop)
+            )
         )
     try:
         await asyncio.gather(*tasks)

@@ -69,3 +69,16 @@ async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event)
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def serve_probes(
+    metrics: Metrics,
+    ready: Callable[[], Awaitable[str | None]],
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+) -> None:
+    """The probes and metrics on a port of their own (dispatcher, operator)."""
+    app = web.Application(middlewares=[json_errors])
+    app.add_routes(probe_routes(metrics, ready))
+    await serve(app, host, port, stop)

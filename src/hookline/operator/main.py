@@ -14,12 +14,11 @@ import contextlib
 import logging
 
 import kopf
-from aiohttp import web
 from lightkube import AsyncClient, ConfigError, KubeConfig
 
 from hookline.cli import redis_client
 from hookline.config import Config
-from hookline.http import json_errors, probe_routes, serve
+from hookline.http import serve_probes
 from hookline.metrics import Metrics
 from hookline.operator.handlers import build, settings
 from hookline.operator.kube import Kube
@@ -72,10 +71,10 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
 
     tasks = [asyncio.create_task(scaler.run(stop), name="scaler")]
     if config.operator_port:
-        probes = web.Application(middlewares=[json_errors])
-        probes.add_routes(probe_routes(metrics, readiness))
         tasks.append(
-            asyncio.create_task(serve(probes, config.operator_host, config.operator_port, stop))
+            asyncio.create_task(
+                serve_probes(metrics, readiness, config.operator_host, config.operator_port, stop)
+            )
         )
     try:
         await kopf.operator(
