@@ -1,7 +1,8 @@
 """The dispatcher: reads its pool's stream and delivers each webhook to its endpoint.
 
 Called by ``hookline dispatcher`` (and the local stack) with its dependencies:
-``Dispatcher(config, cache, registry, queue, bodies, metrics, session)``.
+``Dispatcher(config, cache, registry, queue, bodies, metrics, session, tracing=...)``;
+with tracing on, the session carries the tracing's trace config (CLIENT spans).
 
 Per entry: look up the endpoint, pass its gates (paused, disabled), load and
 sign the body, POST it with the endpoint's deadline without following
@@ -30,9 +31,10 @@ from hookline.dispatcher.policy import RETRY_AFTER_STATUSES, GiveUp, decide, par
 from hookline.errors import BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
-from hookline.queue import Queue
+from hookline.queue import GROUP, Queue
 from hookline.registry import Registry, RegistryCache
 from hookline.signing import Signer
+from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Dispatcher:
         metrics: Metrics,
         session: aiohttp.ClientSession,
         consumer: str | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.config = config
         self.pool = config.pool
@@ -76,6 +79,7 @@ class Dispatcher:
         self.metrics = metrics
         self.session = session
         self.consumer = consumer or consumer_name()
+        self.tracing = tracing
         self._inflight: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -127,8 +131,9 @@ class Dispatcher:
         await self.cache.stop()
 
     def _start(self, entries: list[tuple[bytes, Webhook]]) -> None:
+        handle = self._handle_traced if self.tracing.enabled else self._handle
         for msg_id, webhook in entries:
-            task = asyncio.create_task(self._handle(msg_id, webhook))
+            task = asyncio.create_task(handle(msg_id, webhook))
             self._inflight.add(task)
             task.add_done_callback(self._done)
         self.metrics.in_flight.set(len(self._inflight))
@@ -197,6 +202,12 @@ class Dispatcher:
 
     # -- one delivery
 
+    async def _handle_traced(self, msg_id: bytes, webhook: Webhook) -> None:
+        """One attempt as a CONSUMER span continuing the entry's trace; the delivery's CLIENT
+        span comes from the session's trace config (see :mod:`hookline.tracing`)."""
+        with self.tracing.consume(webhook, self.queue.stream(self.pool), GROUP):
+            await self._handle(msg_id, webhook)
+
     async def _handle(self, msg_id: bytes, webhook: Webhook) -> None:
         endpoint = self.cache.get(webhook.endpoint)
         if endpoint is None:
@@ -261,6 +272,7 @@ class Dispatcher:
     async def _settle(
         self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome
     ) -> None:
+        self.tracing.outcome(outcome)
         try:
             await self._settle_outcome(msg_id, webhook, endpoint, outcome)
         except StoreUnavailable as exc:
@@ -303,6 +315,7 @@ class Dispatcher:
     async def _dead(
         self, msg_id: bytes, webhook: Webhook, reason: str, failure: dict[str, Any] | None = None
     ) -> None:
+        self.tracing.dead_lettered(reason)
         try:
             if await self.queue.dead(self.pool, msg_id, webhook, reason, failure):
                 self.metrics.dead_letters.inc()
