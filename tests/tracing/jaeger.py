@@ -31,7 +31,7 @@ service:
       exporters: [jaeger_storage_exporter]
   telemetry:
     metrics:
-      level: none
+{metrics}
     logs:
       level: warn
 
@@ -72,6 +72,17 @@ exporters:
 """
 
 
+_NO_METRICS = "      level: none"
+_METRICS = """\
+      level: basic
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: 127.0.0.1
+                port: {port}"""
+
+
 class JaegerFailed(RuntimeError):
     """Jaeger did not start or did not answer: the test fails with this message."""
 
@@ -92,9 +103,14 @@ def _udp_bound(port: int) -> bool:
 
 
 class JaegerServer:
-    def __init__(self, folder: Path) -> None:
+    """``metrics``: also serve Jaeger's own Prometheus metrics (for :meth:`accepted_spans`);
+    ``wrap``: a command the binary runs under (``taskset -c 1`` in the benchmark)."""
+
+    def __init__(self, folder: Path, metrics: bool = False, wrap: tuple[str, ...] = ()) -> None:
         self.exe = tool_binary("jaeger")
         self.folder = folder
+        self.wrap = wrap
+        self.metrics_port = free_port() if metrics else 0
         self.ports = {
             "otlp_grpc": free_port(),
             "otlp_http": free_port(),
@@ -124,10 +140,13 @@ class JaegerServer:
     def start(self, seconds: float = 30.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "jaeger.yaml"
-        config.write_text(CONFIG.format(**self.ports))
+        metrics = _METRICS.format(port=self.metrics_port) if self.metrics_port else _NO_METRICS
+        config.write_text(CONFIG.format(metrics=metrics, **self.ports))
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [self.exe, "--config", f"file:{config}"], stdout=out, stderr=subprocess.STDOUT
+                [*self.wrap, self.exe, "--config", f"file:{config}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -194,6 +213,17 @@ class JaegerServer:
     def traces(self, service: str, limit: int = 100) -> list[dict[str, Any]]:
         answer = self.get(f"/traces?service={service}&lookback=1h&limit={limit}")
         return list(answer.get("data") or []) if answer else []
+
+    def accepted_spans(self) -> int:
+        """Spans Jaeger's receivers have taken so far (needs ``metrics=True``)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("otelcol_receiver_accepted_spans"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def services(self) -> list[str]:
         answer = self.get("/services")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jaeger_client
@@ -145,15 +147,16 @@ async def test_a_failed_then_delivered_webhook_shows_both_attempts_in_its_trace(
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http}
     sender = setup(config, "webhook-sender-w3c", env, install_global=False)
     try:
-        assert sender.tracer is not None
-        with sender.tracer.start_as_current_span("POST invoice.paid", kind=SpanKind.CLIENT) as span:
+        assert sender.provider is not None
+        tracer = sender.provider.get_tracer("webhook-sender")
+        with tracer.start_as_current_span("POST invoice.paid", kind=SpanKind.CLIENT) as span:
             headers: dict[str, str] = {}
             TraceContextTextMapPropagator().inject(headers)
             status, _ = await traced.send(key, BODY, **headers)
         assert status == 202
         await endpoint.wait_for(lambda: len(endpoint.received) == 2, 10, "the second attempt")
         trace_id = jaeger_id(span.get_span_context().trace_id)
-        found, _ = await wait_for_trace(
+        found, raw = await wait_for_trace(
             jaeger,
             trace_id,
             [sender, traced.receiver_tracing, traced.dispatcher_tracing],
@@ -166,6 +169,9 @@ async def test_a_failed_then_delivered_webhook_shows_both_attempts_in_its_trace(
         )
     finally:
         await sender.close()
+    if os.environ.get("HOOKLINE_TRACE_DUMP"):  # docs/render_trace.py draws docs/trace.svg from it
+        dump = Path(os.environ["HOOKLINE_TRACE_DUMP"])
+        await asyncio.to_thread(dump.write_text, json.dumps({"data": [raw]}, indent=1))
     sent = one(found, "webhook-sender-w3c", "client", "POST invoice.paid")
     server = one(found, "hookline-receiver", "server")
     enqueue = one(found, "hookline-receiver", "producer")
