@@ -116,7 +116,7 @@ class Stack:
     async def start_dispatcher(self, **overrides: Any) -> Running:
         assert self.bodies is not None
         config = replace(self.config, **overrides)
-        session = client_session(config, self.dispatcher_tracing)
+        session = client_session(config)
         cache = RegistryCache(self.registry, config.registry_refresh)
         self.caches.append(cache)
         dispatcher = Dispatcher(

@@ -41,7 +41,6 @@ from hookline.errors import HooklineError
 from hookline.metrics import Metrics
 from hookline.queue import DeadLetter, Queue
 from hookline.registry import Registry, RegistryCache
-from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger("hookline")
 
@@ -72,15 +71,12 @@ def body_store(config: Config) -> BodyStore:
     return FilesystemBodyStore(config.body_dir)
 
 
-def client_session(config: Config, tracing: Tracing = OFF) -> aiohttp.ClientSession:
+def client_session(config: Config) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=config.concurrency, limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True
     )
     return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-        trace_configs=tracing.client_trace_configs() or None,
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )
 
 
@@ -115,7 +111,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
     cache = RegistryCache(registry, config.registry_refresh)
     metrics = Metrics()
     tracing = tracing_mod.setup(config, tracing_mod.DISPATCHER)
-    session = client_session(config, tracing)
+    session = client_session(config)
     dispatcher = Dispatcher(
         config, cache, registry, queue, bodies, metrics, session, tracing=tracing
     )

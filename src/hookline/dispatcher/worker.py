@@ -2,7 +2,7 @@
 
 Called by ``hookline dispatcher`` (and the local stack) with its dependencies:
 ``Dispatcher(config, cache, registry, queue, bodies, metrics, session, tracing=...)``;
-with tracing on, the session carries the tracing's trace config (CLIENT spans).
+with tracing on, each attempt is a CONSUMER span holding the request's CLIENT span.
 
 Per entry: look up the endpoint, pass its gates (paused, disabled), load and
 sign the body, POST it with the endpoint's deadline without following
@@ -203,8 +203,8 @@ class Dispatcher:
     # -- one delivery
 
     async def _handle_traced(self, msg_id: bytes, webhook: Webhook) -> None:
-        """One attempt as a CONSUMER span continuing the entry's trace; the delivery's CLIENT
-        span comes from the session's trace config (see :mod:`hookline.tracing`)."""
+        """One attempt as a CONSUMER span continuing the entry's trace; ``attempt()``'s
+        request is its CLIENT span (``tracing.post``, see :mod:`hookline.tracing`)."""
         with self.tracing.consume(webhook, self.queue.stream(self.pool), GROUP):
             await self._handle(msg_id, webhook)
 
@@ -251,8 +251,13 @@ class Dispatcher:
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
         start = time.monotonic()
         try:
-            async with self.session.post(
-                endpoint.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            async with self.tracing.post(
+                self.session,
+                endpoint.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
             ) as resp:
                 await resp.content.read(self.config.response_cap)
                 latency = time.monotonic() - start
