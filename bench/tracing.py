@@ -10,21 +10,27 @@ JSON line per figure to stdout (progress goes to stderr):
 
 * ``ingest_traced``: webhooks/s one receiver accepts with tracing on and 100%
   sampling (``OTEL_TRACES_SAMPLER=always_on``, OTLP/HTTP to Jaeger), against an
-  identical receiver with tracing off (``baseline``), in the same run:
-  alternating ``--seconds`` s rounds of ``wrk`` (32 connections, 512-byte JSON
-  bodies) after a warm-up round each, best of each. The streams are emptied
-  between rounds.
+  identical receiver with tracing off (``baseline``), in the same run: ``wrk``
+  with 32 connections and 512-byte JSON bodies for ``--seconds`` s per variant
+  and round. The streams are emptied between rounds.
 * ``delivery_traced``: deliveries/s of one dispatcher with tracing on, each
   entry carrying a sampled ``traceparent`` as a traced receiver writes it,
-  against an identical untraced dispatcher (``baseline``): per round a stream is
-  filled with ``--deliveries`` entries, the dispatcher started, and the rate
-  taken at the sink from its first delivery to its last; best of each.
+  against an identical untraced dispatcher (``baseline``): per round and
+  variant a stream is filled with ``--deliveries`` entries, the dispatcher
+  started, and the rate taken at the sink from its first delivery to its last.
 
-Target: ratio >= 0.85 for both. Each traced figure also reports the spans
-Jaeger accepted against the spans expected (``spans_exported`` /
-``spans_expected``), so a tracer that kept up by dropping spans would show.
-As in the other benchmarks, the processes under test run on CPU 0 and the
-load, sink, Redis and Jaeger on CPU 1 when there are two CPUs.
+The two variants run back to back in each round, in alternating order, after
+a warm-up round; a figure is the median over rounds, and ``ratio`` the median
+of the per-round ratios, so that a burst of load from elsewhere on a shared
+machine skews one round rather than the figure. ``cpu_us`` /
+``baseline_cpu_us`` are the CPU time the process under test spent per webhook
+(``/proc``), and ``cpu_ratio`` their ratio: the throughput per core, steadier
+than the rates when the machine is busy. Target: ratio >= 0.85 for both. Each
+traced figure also reports the spans Jaeger accepted against the spans
+expected (``spans_exported`` / ``spans_expected``, a few more when requests
+were in flight as a round ended), so a tracer that kept up by dropping spans
+would show. As in the other benchmarks, the processes under test run on CPU 0
+and the load, sink, Redis and Jaeger on CPU 1 when there are two CPUs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +79,35 @@ def log(msg: str) -> None:
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> None:
     print(json.dumps({"name": name, "value": round(value, 1), "unit": unit, **extra}), flush=True)
+
+
+def figure(
+    name: str, unit: str, rounds: dict[str, list[tuple[float, float]]], **extra: Any
+) -> None:
+    """Emit a traced figure against its untraced baseline from paired rounds of
+    (rate, CPU seconds per item): medians of each, the median of the per-round
+    ratios (each pair ran back to back), and the same ratio for CPU per item."""
+    plain, traced = rounds["plain"], rounds["traced"]
+    emit(
+        name,
+        statistics.median(r for r, _ in traced),
+        unit,
+        baseline=round(statistics.median(r for r, _ in plain), 1),
+        ratio=round(statistics.median(t[0] / p[0] for p, t in zip(plain, traced, strict=True)), 3),
+        target=TARGET,
+        cpu_us=round(statistics.median(c for _, c in traced) * 1e6, 1),
+        baseline_cpu_us=round(statistics.median(c for _, c in plain) * 1e6, 1),
+        cpu_ratio=round(
+            statistics.median(p[1] / t[1] for p, t in zip(plain, traced, strict=True)), 3
+        ),
+        rounds=len(plain),
+        **extra,
+    )
+
+
+def order(n: int) -> tuple[str, str]:
+    """Which variant goes first in round ``n``: alternating, so drift favours neither."""
+    return VARIANTS if n % 2 else VARIANTS[::-1]
 
 
 def free_port() -> int:
@@ -217,11 +253,11 @@ async def ingest(peers: Peers, keys: dict[str, str], rounds: int, seconds: float
         ready = lambda v=v: receiver_ready(ports[v])  # noqa: E731
         await asyncio.to_thread(wait_until, ready, 30, f"{v} receiver")
     redis = redis_client(Config(redis_url=peers.redis_url))
-    best = dict.fromkeys(VARIANTS, 0.0)
+    measured: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     traced_requests = 0
     try:
         for n in range(rounds + 1):  # round 0 warms both up and is not counted
-            for v in VARIANTS:
+            for v in order(n):
                 pid = receivers[v].pid
                 cpu, loop_cpu = cpu_seconds(pid), cpu_seconds(pid, pid)
                 rate, total = await asyncio.to_thread(
@@ -232,7 +268,7 @@ async def ingest(peers: Peers, keys: dict[str, str], rounds: int, seconds: float
                 if v == "traced":
                     traced_requests += total
                 if n:
-                    best[v] = max(best[v], rate)
+                    measured[v].append((rate, cpu / total))
                 log(
                     f"ingest round {n}: {v} {rate:.0f} webhooks/s, "
                     f"receiver CPU {cpu / total * 1e6:.0f} us per webhook "
@@ -245,13 +281,10 @@ async def ingest(peers: Peers, keys: dict[str, str], rounds: int, seconds: float
         peers.stop(receivers[v])  # the traced one flushes its spans on the way out
     expected = 2 * traced_requests  # server and producer span per request
     accepted = await spans_settle(peers.jaeger, expected)
-    emit(
+    figure(
         "ingest_traced",
-        best["traced"],
         "webhooks/s",
-        baseline=round(best["plain"], 1),
-        ratio=round(best["traced"] / best["plain"], 3),
-        target=TARGET,
+        measured,
         spans_expected=expected,
         spans_exported=accepted,
     )
@@ -341,12 +374,12 @@ async def fill(queue: Queue, variant: str, count: int) -> None:
 async def delivery(peers: Peers, sink: Sink, rounds: int, count: int) -> None:
     redis = redis_client(Config(redis_url=peers.redis_url))
     queue = Queue(redis, PREFIX)
-    best = dict.fromkeys(VARIANTS, 0.0)
+    measured: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     traced_deliveries = 0
     before = peers.jaeger.accepted_spans()  # the ingest figure's spans
     try:
         for n in range(rounds + 1):
-            for v in VARIANTS:
+            for v in order(n):
                 size = count if n else count // 5
                 await fill(queue, v, size)
                 path = f"/{v}"
@@ -366,24 +399,22 @@ async def delivery(peers: Peers, sink: Sink, rounds: int, count: int) -> None:
                 await asyncio.to_thread(peers.stop, proc)
                 if v == "traced":
                     traced_deliveries += size
-                if n:
-                    best[v] = max(best[v], rate)
                 (n0, c0), (n1, c1) = cpu_at[0], cpu_at[-1]
+                cpu = (c1 - c0) / max(1, n1 - n0)
+                if n:
+                    measured[v].append((rate, cpu))
                 log(
-                    f"delivery round {n}: {v} {rate:.0f} deliveries/s, dispatcher CPU "
-                    f"{(c1 - c0) / max(1, n1 - n0) * 1e6:.0f} us per delivery"
+                    f"delivery round {n}: {v} {rate:.0f} deliveries/s, "
+                    f"dispatcher CPU {cpu * 1e6:.0f} us per delivery"
                 )
     finally:
         await redis.aclose()
     expected = 2 * traced_deliveries  # consumer and client span per delivery
     accepted = await spans_settle(peers.jaeger, before + expected) - before
-    emit(
+    figure(
         "delivery_traced",
-        best["traced"],
         "deliveries/s",
-        baseline=round(best["plain"], 1),
-        ratio=round(best["traced"] / best["plain"], 3),
-        target=TARGET,
+        measured,
         spans_expected=expected,
         spans_exported=accepted,
     )
