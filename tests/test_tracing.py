@@ -117,6 +117,7 @@ def test_the_sender_context_is_continued_or_dropped_as_the_sampler_says() -> Non
 
 def test_headers_formatted_directly_match_the_propagators() -> None:
     tracing = setup(Config(), RECEIVER, ENDPOINT, install_global=False)
+    assert tracing._default_propagation  # the headers are formatted directly
     try:
         state = TraceState([("vendor", "v1")])
         parent = SpanContext(

@@ -90,14 +90,20 @@ _BAGGAGE: Final = W3CBaggagePropagator()
 _CARRIER: Final = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
 _NOTHING: Final[AbstractContextManager[None]] = contextlib.nullcontext()
 _ENDPOINT_VARS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_EMPTY: Final = Context()
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _random = random.Random()  # ids need not be secret, only unique (as the SDK's generator)
 
 
+class _DefaultPropagator(CompositePropagator):
+    """Jaeger, W3C trace-context, W3C baggage (a type of its own, so that
+    :meth:`Tracing.inject` knows it may format their headers itself)."""
+
+
 def default_propagator() -> TextMapPropagator:
     """Jaeger, W3C trace-context, W3C baggage: extracted in this order, so W3C wins."""
-    return CompositePropagator(
+    return _DefaultPropagator(
         [JaegerPropagator(), TraceContextTextMapPropagator(), W3CBaggagePropagator()]
     )
 
@@ -280,8 +286,8 @@ class Tracing:
     ) -> None:
         self.provider = provider
         self.enabled = provider is not None
-        self._default_propagation = propagator is None
         self.propagator = propagator or default_propagator()
+        self._default_propagation = isinstance(self.propagator, _DefaultPropagator)
         self._fields = tuple(self.propagator.fields)
         self._processor = processor
         self._statics: dict[Any, _Static] = {}
@@ -397,8 +403,11 @@ class Tracing:
         or ``uber-trace-id``, and its baggage) and current while the request is handled."""
         headers = request.headers
         # Most senders send no trace context: then there is nothing to extract.
-        carried = any(name in headers for name in self._fields)
-        parent = self.propagator.extract(headers) if carried else Context()
+        parent = _EMPTY
+        for name in self._fields:
+            if name in headers:
+                parent = self.propagator.extract(headers)
+                break
         host = request.host
         static = self._statics.get((route, request.method, request.scheme, host))
         if static is None:
@@ -421,8 +430,6 @@ class Tracing:
         agent = request.headers.get("User-Agent")
         if agent:
             attributes["user_agent.original"] = agent
-        if request.content_length is not None:
-            attributes["http.request.body.size"] = request.content_length
         span = self._start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, static)
         return _Current(span, parent)
 
