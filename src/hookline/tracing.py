@@ -3,14 +3,16 @@
 The entry points (``hookline receiver | dispatcher | dev``) build a
 :class:`Tracing` with :func:`setup` and pass it to the components, which only
 call its span helpers. When tracing is off the components get :data:`OFF`: every
-helper returns at once (a shared no-op context manager, an empty list), so the
-hot path pays a branch and no OpenTelemetry call.
+helper returns at once (a shared no-op context manager, or the plain call), so
+the hot path pays a branch and no OpenTelemetry call.
 
-* **Core**: the OpenTelemetry SDK with a batch span processor and an OTLP exporter
-  (HTTP/protobuf by default, gRPC with ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``),
-  configured by the standard ``OTEL_*`` variables: endpoint, protocol, headers,
-  timeout, sampler, service name, batch sizes. The SDK is imported only when
-  tracing is on.
+* **Core**: the OpenTelemetry SDK's provider (sampler, resource, ids) and an OTLP
+  export configured by the standard ``OTEL_*`` variables: endpoint, protocol,
+  headers, timeout, sampler, service name, batch sizes. hookline's own spans are
+  light OpenTelemetry API spans (:class:`_Span`) encoded to OTLP protobuf as they
+  end (:mod:`hookline.otlp`, OTLP/HTTP, the default); with
+  ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` they become SDK spans for the SDK's batch
+  processor and gRPC exporter. The SDK is imported only when tracing is on.
 * **On or off**: on with ``HOOKLINE_TRACING=on``, or with ``auto`` (the default)
   when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is
   set; off with ``HOOKLINE_TRACING=off``, ``OTEL_SDK_DISABLED=true`` or
