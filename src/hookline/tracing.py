@@ -239,7 +239,9 @@ class _Current:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc is not None and self.span.is_recording():
+            if isinstance(exc, web.HTTPException):  # an answer (aiohttp's 413, say)
+                Tracing.answered(self.span, exc.status)
+            elif exc is not None and self.span.is_recording():
                 self.span.record_exception(exc, escaped=True)
                 self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
             self.span.end()

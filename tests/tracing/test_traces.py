@@ -4,6 +4,7 @@ dispatcher, to the endpoint, read back through Jaeger's HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import time
@@ -243,3 +244,30 @@ async def test_each_webhook_is_its_own_trace(
         )
         assert len(found) == 5, found
         assert len(of_kind(found, "server")) == 1
+
+
+async def test_a_refused_webhook_is_a_server_span_with_its_status_and_no_enqueue(
+    traced: Stack, endpoint: Endpoint, jaeger: JaegerServer, sender: jaeger_client.Tracer
+) -> None:
+    _, key = await traced.add_endpoint(endpoint.on("/small", ok))
+    span, headers = sender_headers(sender, "POST too big")
+    body = io.BytesIO(b"x" * (traced.config.max_body_bytes + 1))
+    assert traced.client is not None
+    headers["X-WH-Endpoint-Key"] = key
+    async with traced.client.post(
+        traced.url + "/webhooks/send", data=body, headers=headers
+    ) as resp:
+        status, answer = resp.status, await resp.json()
+    span.finish()
+    assert (status, answer["error"]) == (413, "body_too_large")
+    found, _ = await wait_for_trace(
+        jaeger,
+        jaeger_id(span.context.trace_id),
+        [traced.receiver_tracing],
+        lambda f: len(f) == 2,
+        "the sender's and the receiver's span",
+    )
+    server = one(found, "hookline-receiver", "server")
+    assert server.tags["http.response.status_code"] == 413
+    assert "error" not in server.tags  # the sender's mistake, not the server's
+    assert server.parent == one(found, SENDER, None).id
