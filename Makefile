@@ -23,9 +23,9 @@ deps: system-deps $(STAMP)
 tools:
 	tools/build.sh
 
-## the local stack: redis, receiver, dispatcher and a demo sink
+## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: traces over OTLP, docs/tracing.md)
 dev: deps
-	$(BIN)/hookline dev
+	$(BIN)/hookline dev $(if $(TRACING),--tracing)
 
 lint: deps
 	$(BIN)/ruff check src tests bench

@@ -28,6 +28,7 @@ from hookline.queue import Queue
 from hookline.receiver import create_app
 from hookline.registry import Registry, RegistryCache
 from hookline.signing import new_secret
+from hookline.tracing import OFF, Tracing
 from tests.peers import eventually, free_port
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -74,6 +75,9 @@ class Stack:
     client: aiohttp.ClientSession | None = None
     secrets: dict[str, str] = field(default_factory=dict)
     caches: list[RegistryCache] = field(default_factory=list)
+    # each component's tracing, as the entry points would build it (tests/tracing)
+    receiver_tracing: Tracing = OFF
+    dispatcher_tracing: Tracing = OFF
 
     @property
     def url(self) -> str:
@@ -95,7 +99,9 @@ class Stack:
         assert self.bodies is not None
         self._stop_receiver = asyncio.Event()
         cache = RegistryCache(self.registry, self.config.registry_refresh)
-        app = create_app(self.config, cache, self.queue, self.bodies, self.metrics)
+        app = create_app(
+            self.config, cache, self.queue, self.bodies, self.metrics, self.receiver_tracing
+        )
         self._receiver = asyncio.create_task(
             serve(app, self.config.receiver_host, self.config.receiver_port, self._stop_receiver)
         )
@@ -114,7 +120,14 @@ class Stack:
         cache = RegistryCache(self.registry, config.registry_refresh)
         self.caches.append(cache)
         dispatcher = Dispatcher(
-            config, cache, self.registry, self.queue, self.bodies, self.metrics, session
+            config,
+            cache,
+            self.registry,
+            self.queue,
+            self.bodies,
+            self.metrics,
+            session,
+            tracing=self.dispatcher_tracing,
         )
         stop = asyncio.Event()
         running = Running(dispatcher, stop, asyncio.create_task(dispatcher.run(stop)), session)

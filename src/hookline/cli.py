@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,7 @@ import redis.asyncio as aioredis
 
 from hookline import config as config_mod
 from hookline import outbound
+from hookline import tracing as tracing_mod
 from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.errors import HooklineError
@@ -91,12 +94,13 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
     bodies = body_store(config)
     registry = Registry(redis, config.prefix)
     queue = Queue.from_config(redis, config)
-    app = create_app(
-        config, RegistryCache(registry, config.registry_refresh), queue, bodies, Metrics()
-    )
+    tracing = tracing_mod.setup(config, tracing_mod.RECEIVER)
+    cache = RegistryCache(registry, config.registry_refresh)
+    app = create_app(config, cache, queue, bodies, Metrics(), tracing)
     try:
         await serve(app, config.receiver_host, config.receiver_port, stop)
     finally:
+        await tracing.close()
         await bodies.close()
         await redis.aclose()
 
@@ -111,8 +115,11 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
     queue = Queue.from_config(redis, config)
     cache = RegistryCache(registry, config.registry_refresh)
     metrics = Metrics()
+    tracing = tracing_mod.setup(config, tracing_mod.DISPATCHER)
     session = client_session(config)
-    dispatcher = Dispatcher(config, cache, registry, queue, bodies, metrics, session)
+    dispatcher = Dispatcher(
+        config, cache, registry, queue, bodies, metrics, session, tracing=tracing
+    )
 
     async def ready() -> str | None:
         if not cache.loaded.is_set():
@@ -134,6 +141,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
         await asyncio.gather(*tasks)
     finally:
         await session.close()
+        await tracing.close()
         await bodies.close()
         await redis.aclose()
 
@@ -219,6 +227,8 @@ async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink
         f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
         f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}"
     )
+    if tracing_mod.enabled(config, os.environ):
+        print(f"tracing on: OTLP to {tracing_mod.describe_export(os.environ)} (docs/tracing.md)")
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
     if loaded:
@@ -431,6 +441,11 @@ def parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run the local stack")
     dev.add_argument("--endpoints", default="examples/endpoints")
     dev.add_argument("--sink-port", type=int, default=9000)
+    dev.add_argument(
+        "--tracing",
+        action="store_true",
+        help="trace every webhook (OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318)",
+    )
     send = sub.add_parser("send", help="post a test webhook")
     send.add_argument("--url", default="http://127.0.0.1:8080")
     send.add_argument("--key", required=True)
@@ -472,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(run_operator(config))
         elif args.command == "dev":
+            if args.tracing:
+                config = dataclasses.replace(config, tracing="on")
             _run(lambda stop: dev_main(config, stop, args.endpoints, args.sink_port))
         elif args.command == "send":
             return int(_run(lambda _stop: send_main(args)))

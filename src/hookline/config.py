@@ -100,6 +100,12 @@ class Config:
         30.0, "full registry reload interval (pub/sub is the fast path)"
     )
 
+    # tracing (the OTEL_* variables configure the rest: endpoint, protocol, sampler, service name)
+    tracing: str = _setting(
+        "auto",
+        "'on', 'off' or 'auto' (on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set)",
+    )
+
     # operator
     operator_host: str = _setting("0.0.0.0", "operator probe/metrics listen address")
     operator_port: int = _setting(8082, "operator probe/metrics port (0: no server)")
@@ -132,6 +138,8 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
             return int(raw.replace("_", ""))
         if kind in (float, "float"):
             return float(raw)
+        if name == "tracing":
+            return _switch(raw)
         if kind in (str, "str"):
             return raw
         if kind in (bool, "bool"):
@@ -146,6 +154,20 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
     except ValueError as exc:
         raise InvalidSpec(f"HOOKLINE_{name.upper()}={raw!r}: {exc}") from exc
     raise InvalidSpec(f"HOOKLINE_{name.upper()}: unsupported setting type {kind!r}")
+
+
+_SWITCH = {
+    **dict.fromkeys(("1", "true", "yes", "on"), "on"),
+    **dict.fromkeys(("0", "false", "no", "off"), "off"),
+    "auto": "auto",
+}
+
+
+def _switch(raw: str) -> str:
+    try:
+        return _SWITCH[raw.strip().lower()]
+    except KeyError:
+        raise ValueError("expected on/off (1/0, true/false) or auto") from None
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -181,6 +203,8 @@ def validate(config: Config) -> None:
         raise InvalidSpec("HOOKLINE_BODY_STORE=gcs needs HOOKLINE_GCS_BUCKET")
     if config.gcs_chunk_size <= 0 or config.gcs_chunk_size % (256 * KiB):
         raise InvalidSpec("HOOKLINE_GCS_CHUNK_SIZE must be a positive multiple of 256 KiB (262144)")
+    if config.tracing not in ("on", "off", "auto"):
+        raise InvalidSpec("HOOKLINE_TRACING must be 'on', 'off' or 'auto'")
     if config.gcs_threads < 1:
         raise InvalidSpec("HOOKLINE_GCS_THREADS must be at least 1")
     if config.scale_interval <= 0:

@@ -1,7 +1,8 @@
 """The dispatcher: reads its pool's stream and delivers each webhook to its endpoint.
 
 Called by ``hookline dispatcher`` (and the local stack) with its dependencies:
-``Dispatcher(config, cache, registry, queue, bodies, metrics, session)``.
+``Dispatcher(config, cache, registry, queue, bodies, metrics, session, tracing=...)``;
+with tracing on, each attempt is a CONSUMER span holding the request's CLIENT span.
 
 Per entry: look up the endpoint, pass its gates (paused, disabled), load and
 sign the body, POST it with the endpoint's deadline without following
@@ -32,9 +33,10 @@ from hookline.dispatcher.policy import RETRY_AFTER_STATUSES, GiveUp, decide, par
 from hookline.errors import BlockedDestination, BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
-from hookline.queue import Queue, Settled
+from hookline.queue import GROUP, Queue, Settled
 from hookline.registry import Registry, RegistryCache
 from hookline.signing import Signer
+from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Dispatcher:
         metrics: Metrics,
         session: aiohttp.ClientSession,
         consumer: str | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.config = config
         self.pool = config.pool
@@ -79,6 +82,7 @@ class Dispatcher:
         self.session = session
         self.consumer = consumer or consumer_name()
         self.gates = Gates(queue.redis, queue, config, metrics)
+        self.tracing = tracing
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: set[bytes] = set()  # stream ids of the entries in flight here
         self._slot_free = asyncio.Event()
@@ -132,11 +136,12 @@ class Dispatcher:
         await self.cache.stop()
 
     def _start(self, entries: list[tuple[bytes, Webhook]]) -> None:
+        handle = self._handle_traced if self.tracing.enabled else self._handle
         for msg_id, webhook in entries:
             if msg_id in self._handling:  # reclaimed from ourselves: already in flight
                 continue
             self._handling.add(msg_id)
-            task = asyncio.create_task(self._handle(msg_id, webhook))
+            task = asyncio.create_task(handle(msg_id, webhook))
             task.add_done_callback(functools.partial(self._finished, msg_id))
             self._inflight.add(task)
             task.add_done_callback(self._done)
@@ -225,6 +230,12 @@ class Dispatcher:
 
     # -- one delivery
 
+    async def _handle_traced(self, msg_id: bytes, webhook: Webhook) -> None:
+        """One attempt as a CONSUMER span continuing the entry's trace; ``attempt()``'s
+        request is its CLIENT span (``tracing.post``, see :mod:`hookline.tracing`)."""
+        with self.tracing.consume(webhook, self.queue.stream(self.pool), GROUP):
+            await self._handle(msg_id, webhook)
+
     async def _handle(self, msg_id: bytes, webhook: Webhook) -> None:
         endpoint = self.cache.get(webhook.endpoint)
         if endpoint is None:
@@ -280,8 +291,13 @@ class Dispatcher:
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
         start = time.monotonic()
         try:
-            async with self.session.post(
-                endpoint.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            async with self.tracing.post(
+                self.session,
+                endpoint.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
             ) as resp:
                 await resp.content.read(self.config.response_cap)
                 latency = time.monotonic() - start
@@ -305,6 +321,7 @@ class Dispatcher:
     async def _settle(
         self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome
     ) -> None:
+        self.tracing.outcome(outcome)
         try:
             await self._settle_outcome(msg_id, webhook, endpoint, outcome)
         except StoreUnavailable as exc:
@@ -379,6 +396,7 @@ class Dispatcher:
         failure: dict[str, Any] | None = None,
         endpoint: Endpoint | None = None,
     ) -> None:
+        self.tracing.dead_lettered(reason)
         try:
             settled = await self.queue.dead(self.pool, msg_id, webhook, reason, failure)
         except StoreUnavailable as exc:

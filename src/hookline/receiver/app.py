@@ -1,7 +1,9 @@
 """The receiver: turns an HTTP request into a durable queue entry, or a clear JSON error.
 
 Called by ``hookline receiver`` (and the local stack) with its dependencies
-built by the entry point: ``create_app(config, cache, queue, bodies, metrics)``.
+built by the entry point: ``create_app(config, cache, queue, bodies, metrics,
+tracing)``; with tracing on, each ingest request is a SERVER span holding the
+body upload and the PRODUCER span of the enqueue (see :mod:`hookline.tracing`).
 A ``202`` is sent only after Redis took the entry (and, for a large body, the
 body store took the body first); any store failure is a ``503`` with
 ``Retry-After``, and whatever was half-written is removed.
@@ -26,10 +28,12 @@ from hookline.metrics import Metrics
 from hookline.models import Endpoint, Webhook, key_hash, new_id
 from hookline.queue import Queue
 from hookline.registry import RegistryCache
+from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
 KEY_HEADER = "X-WH-Endpoint-Key"
+ROUTE = "/webhooks/send"
 
 # Never forwarded, whatever an endpoint's allow list says: hop-by-hop headers,
 # credentials, and headers the dispatcher sets itself.
@@ -66,6 +70,7 @@ CACHE: web.AppKey[RegistryCache] = web.AppKey("cache", RegistryCache)
 QUEUE: web.AppKey[Queue] = web.AppKey("queue", Queue)
 BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing", Tracing)
 
 
 def forwarded_headers(request: web.Request, endpoint: Endpoint) -> dict[str, str]:
@@ -105,6 +110,7 @@ class Ingest:
         self.queue = app[QUEUE]
         self.bodies = app[BODIES]
         self.metrics = app[METRICS]
+        self.tracing = app[TRACING]
         self.retry_after = str(max(1, round(self.config.retry_after)))
 
     def refuse(self, status: int, code: str, reason: str, **headers: str) -> web.Response:
@@ -112,6 +118,14 @@ class Ingest:
         return error(status, code, reason, **headers)
 
     async def send(self, request: web.Request) -> web.Response:
+        if not self.tracing.enabled:
+            return await self._send(request)
+        with self.tracing.server(request, ROUTE) as span:
+            response = await self._send(request)
+            self.tracing.answered(span, response.status)
+            return response
+
+    async def _send(self, request: web.Request) -> web.Response:
         key = request.headers.get(KEY_HEADER)
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
@@ -157,9 +171,10 @@ class Ingest:
                 body = await _read_head(request, inline + 1)
                 size = len(body)
                 if size > inline:
-                    ref, size = await self.bodies.put(
-                        wid, _chunks(body, request), config.max_body_bytes
-                    )
+                    with self.tracing.upload(config.body_store):
+                        ref, size = await self.bodies.put(
+                            wid, _chunks(body, request), config.max_body_bytes
+                        )
                     body = b""
         except BodyTooLarge as exc:
             resp = self.refuse(413, "body_too_large", str(exc))
@@ -187,7 +202,8 @@ class Ingest:
         if idem:
             idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
         try:
-            accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+            with self.tracing.produce(webhook, self.queue.stream(endpoint.pool)):
+                accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
         except StoreUnavailable as exc:
             log.warning("queue unavailable: %s", exc)
             await self._discard(ref)
@@ -233,7 +249,12 @@ def _readiness(
 
 
 def create_app(
-    config: Config, cache: RegistryCache, queue: Queue, bodies: BodyStore, metrics: Metrics
+    config: Config,
+    cache: RegistryCache,
+    queue: Queue,
+    bodies: BodyStore,
+    metrics: Metrics,
+    tracing: Tracing = OFF,
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
@@ -241,8 +262,9 @@ def create_app(
     app[QUEUE] = queue
     app[BODIES] = bodies
     app[METRICS] = metrics
+    app[TRACING] = tracing
     ingest = Ingest(app)
-    app.add_routes([web.post("/webhooks/send", ingest.send)])
+    app.add_routes([web.post(ROUTE, ingest.send)])
     app.add_routes(probe_routes(metrics, _readiness(cache, queue, bodies)))
 
     async def follow_registry(_: web.Application) -> AsyncIterator[None]:
