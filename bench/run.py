@@ -51,7 +51,7 @@ from hookline.signing import new_secret
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # Standalone benchmark scripts that print their own JSON lines; run when present.
-EXTRA_SCRIPTS = ["bench/gcs.py"]
+EXTRA_SCRIPTS = ["bench/gcs.py", "bench/tracing.py"]
 PREFIX = "bench"
 ENDPOINT = "bench/sink"
 BODY_BYTES = 1024
