@@ -39,7 +39,7 @@ test: deps tools lint typecheck
 	$(BIN)/pytest
 
 ## throughput and latency against bare baselines, JSON lines (docs/benchmarks.md)
-bench: deps
+bench: deps tools
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/run.py
