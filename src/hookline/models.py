@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from hookline.config import Config
 from hookline.errors import InvalidSpec
 
@@ -27,16 +29,56 @@ def key_hash(key: str) -> str:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Ten bits to two Crockford characters: a ULID is 13 look-ups instead of 26 shifts.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+
+
+class _Ulids:
+    """ULIDs for :func:`new_id`, cheaply: the ten time characters are computed once per
+    millisecond, and random bytes come from the kernel 4 KiB at a time (one syscall per
+    400 ids). A forked child starts with a fresh buffer, so it never repeats its parent's."""
+
+    __slots__ = ("buf", "ms", "pos", "stamp")
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.buf, self.pos, self.ms, self.stamp = b"", 0, -1, ""
+
+    def next(self) -> str:
+        p = _PAIRS
+        ms = time.time_ns() // 1_000_000
+        if ms != self.ms:
+            self.ms = ms
+            self.stamp = "".join(p[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0))
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            buf = self.buf = os.urandom(4000)
+            pos = 0
+        self.pos = pos + 10
+        r = int.from_bytes(buf[pos : pos + 10], "big")
+        return (
+            "msg_"
+            + self.stamp
+            + p[r >> 70]
+            + p[(r >> 60) & 1023]
+            + p[(r >> 50) & 1023]
+            + p[(r >> 40) & 1023]
+            + p[(r >> 30) & 1023]
+            + p[(r >> 20) & 1023]
+            + p[(r >> 10) & 1023]
+            + p[r & 1023]
+        )
+
+
+_ULIDS = _Ulids()
 
 
 def new_id() -> str:
     """A time-ordered webhook id: ``msg_`` and a ULID (48 bits of ms, 80 random bits)."""
-    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "msg_" + "".join(reversed(chars))
+    return _ULIDS.next()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +204,8 @@ class Webhook:
     trace: dict[str, str] = field(default_factory=dict)
 
     def pack(self) -> bytes:
+        """The queue entry: one line of compact JSON (everything but the body), a newline,
+        then the body's bytes as they came."""
         meta = {
             "id": self.id,
             "ep": self.endpoint,
@@ -172,12 +216,12 @@ class Webhook:
             "t": self.created_ms,
             "tc": self.trace,
         }
-        return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
+        return b"".join((orjson.dumps(meta), b"\n", self.body))
 
     @classmethod
     def unpack(cls, data: bytes) -> Webhook:
         head, _, body = data.partition(b"\n")
-        m = json.loads(head)
+        m = orjson.loads(head)
         return cls(
             id=m["id"],
             endpoint=m["ep"],
