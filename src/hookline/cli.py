@@ -90,6 +90,7 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
     try:
         await serve(app, config.receiver_host, config.receiver_port, stop)
     finally:
+        await queue.aclose()
         await bodies.close()
         await redis.aclose()
 
@@ -129,6 +130,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
         await asyncio.gather(*tasks)
     finally:
         await session.close()
+        await queue.aclose()
         await bodies.close()
         await redis.aclose()
 
@@ -302,6 +304,7 @@ async def dlq_main(config: Config, args: argparse.Namespace) -> int:
         print(f"replayed {replayed} webhook(s)")
         return 0
     finally:
+        await queue.aclose()
         await redis.aclose()
 
 
