@@ -20,11 +20,15 @@ counted as a duplicate).
 
 Every write goes through one pipelined connection (:class:`~hookline.wire.Wire`):
 the writes of concurrent requests leave together ("group commit"), so a burst
-of N enqueues costs one write and one round trip, not N.
+of N enqueues costs one write and one round trip, not N. Deliveries settled in
+the same turn of the event loop are recorded by a single script call that still
+checks and counts each entry on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -161,6 +165,8 @@ class Queue:
         self.dead_key = f"{prefix}:dead"
         self._wire = Wire(redis)
         self._xadd_heads: dict[str, bytes] = {}
+        # Deliveries to record at the end of this turn of the loop: stream → entries.
+        self._delivered: dict[str, list[tuple[bytes, str, asyncio.Future[Any]]]] = {}
         self._claim_cursor: dict[str, str] = {}
 
     async def aclose(self) -> None:
@@ -262,10 +268,26 @@ class Queue:
         return [(mid, _unpack(fields)) for mid, fields in resp[1] if fields]
 
     async def delivered(self, pool: str, msg_id: bytes, endpoint_id: str) -> bool:
-        """Record a delivery; False when the entry had already been settled (a duplicate)."""
-        keys = [self.stream(pool), self.stats_key(endpoint_id)]
-        (acked,) = await self._script("delivered", keys, [GROUP, _now_ms(), msg_id, 2])
-        return bool(acked)
+        """Record a delivery; False when the entry had already been settled (a duplicate).
+        Deliveries recorded in the same turn of the event loop share one script call."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stream = self.stream(pool)
+        if not self._delivered:
+            asyncio.get_running_loop().call_soon(self._send_delivered)
+        self._delivered.setdefault(stream, []).append((msg_id, self.stats_key(endpoint_id), fut))
+        return bool(await fut)
+
+    def _send_delivered(self) -> None:
+        batches, self._delivered = self._delivered, {}
+        now = _now_ms()
+        for stream, entries in batches.items():
+            index: dict[str, int] = {}
+            args: list[Any] = [GROUP, now]
+            for msg_id, stats, _ in entries:
+                args += (msg_id, index.setdefault(stats, len(index) + 2))
+            keys = [stream, *index]
+            call = asyncio.ensure_future(self._script("delivered", keys, args))
+            call.add_done_callback(functools.partial(_resolve, entries=entries))
 
     async def reschedule(
         self,
@@ -398,6 +420,20 @@ class Queue:
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
+
+def _resolve(
+    call: asyncio.Future[Any], entries: list[tuple[bytes, str, asyncio.Future[Any]]]
+) -> None:
+    """Hand each delivery its own answer from a batch's script call."""
+    error = call.exception() if not call.cancelled() else StoreUnavailable("queue: cancelled")
+    results = call.result() if error is None else [error] * len(entries)
+    for (_, _, fut), result in zip(entries, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 UNREADABLE = "?unreadable"
