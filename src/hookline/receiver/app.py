@@ -23,7 +23,7 @@ from hookline.config import Config
 from hookline.errors import BodyTooLarge, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
-from hookline.models import Endpoint, Webhook, key_hash, new_id
+from hookline.models import Endpoint, Webhook, new_id
 from hookline.queue import Queue
 from hookline.registry import RegistryCache
 
@@ -115,7 +115,7 @@ class Ingest:
         key = request.headers.get(KEY_HEADER)
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
-        endpoint = self.cache.by_key_hash(key_hash(key))
+        endpoint = self.cache.by_key(key)
         if endpoint is None:
             if not self.cache.loaded.is_set():
                 return self.refuse(
