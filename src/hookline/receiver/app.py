@@ -133,10 +133,15 @@ class Ingest:
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
         limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        clen = request.content_length
+        if clen is not None and clen > limit:
             resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
             resp.force_close()
             return resp
+        if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
+            # The whole body has already arrived: there is nothing left to read under the
+            # deadline, and the enqueue is bounded by the queue's own Redis timeout.
+            return await self._accept(request, endpoint)
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 return await self._accept(request, endpoint)
