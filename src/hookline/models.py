@@ -29,48 +29,48 @@ def key_hash(key: str) -> str:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Ten bits to two Crockford characters: a ULID is 13 look-ups instead of 26 shifts.
+# Ten bits to two Crockford characters, for the time part.
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+# A random byte to a random Crockford character (its low five bits: 256 is a multiple of 32,
+# so every character is equally likely).
+_BYTE_TO_CHAR = bytes(_CROCKFORD.encode()[i % 32] for i in range(256))
 
 
 class _Ulids:
-    """ULIDs for :func:`new_id`, cheaply: the ten time characters are computed once per
-    millisecond, and random bytes come from the kernel 4 KiB at a time (one syscall per
-    400 ids). A forked child starts with a fresh buffer, so it never repeats its parent's."""
+    """ULIDs for :func:`new_id`, cheaply. A ULID's 26 characters are 10 for the 48-bit
+    millisecond time (computed once per millisecond) and 16 for its 80 random bits, 5 bits a
+    character: those are sliced from a string of random characters made from 4 KiB of the
+    kernel's random bytes at a time (one syscall per 256 ids). A forked child starts with a
+    fresh string, so it never repeats its parent's ids."""
 
-    __slots__ = ("buf", "ms", "pos", "stamp")
+    __slots__ = ("chars", "ms", "pos", "stamp")
 
     def __init__(self) -> None:
         self.reset()
         os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
-        self.buf, self.pos, self.ms, self.stamp = b"", 0, -1, ""
+        self.chars, self.pos, self.ms, self.stamp = "", 0, -1, ""
 
     def next(self) -> str:
-        p = _PAIRS
         ms = time.time_ns() // 1_000_000
         if ms != self.ms:
+            p = _PAIRS
             self.ms = ms
-            self.stamp = "".join(p[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0))
-        buf, pos = self.buf, self.pos
-        if pos >= len(buf):
-            buf = self.buf = os.urandom(4000)
+            self.stamp = (
+                "msg_"
+                + p[ms >> 40]
+                + p[(ms >> 30) & 1023]
+                + p[(ms >> 20) & 1023]
+                + p[(ms >> 10) & 1023]
+                + p[ms & 1023]
+            )
+        pos = self.pos
+        if pos >= len(self.chars):
+            self.chars = os.urandom(4096).translate(_BYTE_TO_CHAR).decode()
             pos = 0
-        self.pos = pos + 10
-        r = int.from_bytes(buf[pos : pos + 10], "big")
-        return (
-            "msg_"
-            + self.stamp
-            + p[r >> 70]
-            + p[(r >> 60) & 1023]
-            + p[(r >> 50) & 1023]
-            + p[(r >> 40) & 1023]
-            + p[(r >> 30) & 1023]
-            + p[(r >> 20) & 1023]
-            + p[(r >> 10) & 1023]
-            + p[r & 1023]
-        )
+        self.pos = pos + 16
+        return self.stamp + self.chars[pos : pos + 16]
 
 
 _ULIDS = _Ulids()
