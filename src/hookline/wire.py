@@ -44,12 +44,16 @@ class _Protocol(asyncio.Protocol):
         self.wire = wire
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.wire._open_protocols.add(self)
+
     def data_received(self, data: bytes) -> None:
         self.wire._received(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
+        self.wire._open_protocols.discard(self)
         self.wire._lost(self, exc)
 
 
@@ -65,6 +69,7 @@ class Wire:
         self._transport: asyncio.Transport | None = None
         self._ready = False  # connected and past AUTH/SELECT
         self._protocol: _Protocol | None = None
+        self._open_protocols: set[_Protocol] = set()  # until their socket is closed
         self._reader = hiredis.Reader()
         # Written, awaiting their reply, in order: (future, fallback).
         self._waiting: collections.deque[tuple[asyncio.Future[Any], bytes | None]] = (
@@ -96,11 +101,10 @@ class Wire:
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
-        protocol = self._protocol
         self._abort(WireError("the connection is closed"))
         self._fail_queued(WireError("the connection is closed"))
-        if protocol is not None:
-            await asyncio.wait([protocol.closed], timeout=1.0)
+        if self._open_protocols:  # the aborted socket closes on the loop's next turn
+            await asyncio.wait([p.closed for p in self._open_protocols], timeout=1.0)
 
     # -- writing
 
@@ -149,7 +153,11 @@ class Wire:
             if reply is False:
                 break
             self._replies += 1
-            fut, fallback = waiting.popleft()
+            try:
+                fut, fallback = waiting.popleft()
+            except IndexError:
+                self._abort(WireError(f"unexpected reply from Redis: {reply!r:.100}"))
+                return
             if isinstance(reply, hiredis.ReplyError):
                 if fallback is not None and str(reply).startswith("NOSCRIPT"):
                     self._queued.append((fallback, fut, None))
