@@ -333,6 +333,7 @@ class Bench:
                     )
                 )
         finally:
+            await queue.aclose()
             await client.aclose()
 
     def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> float:

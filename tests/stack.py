@@ -149,6 +149,7 @@ class Stack:
             await self._receiver
         if self.client is not None:
             await self.client.close()
+        await self.queue.aclose()
         await self.redis.aclose()
 
     async def add_endpoint(

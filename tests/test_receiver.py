@@ -9,6 +9,8 @@ from dataclasses import replace
 import aiohttp
 
 from hookline.config import Config
+from hookline.manifests import new_key
+from hookline.models import key_hash
 from tests.peers import Endpoint, RedisServer
 from tests.stack import Stack
 
@@ -179,3 +181,21 @@ async def test_probes_and_metrics(stack: Stack, endpoint: Endpoint) -> None:
     async with stack.client.get(stack.url + "/metrics") as resp:
         text = await resp.text()
     assert 'hookline_ingested_total{storage="inline"} 1.0' in text
+
+
+async def test_a_rotated_or_removed_key_stops_working_at_once(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    ep, key = await stack.add_endpoint(endpoint.url("/a"))
+    assert (await stack.send(key))[0] == 202  # the receiver now remembers this key
+    fresh = new_key()
+    rotated = replace(ep, key_hashes=(key_hash(fresh),), generation=ep.generation + 1)
+    await stack.registry.put(rotated)
+    await stack.propagated(lambda c: c.get(ep.id) == rotated, "the rotated key")
+    status, body = await stack.send(key)
+    assert (status, body["error"]) == (401, "unknown_key")
+    assert (await stack.send(fresh))[0] == 202
+    await stack.registry.remove(ep.id)
+    await stack.propagated(lambda c: c.get(ep.id) is None, "the removal")
+    status, body = await stack.send(fresh)
+    assert (status, body["error"]) == (401, "unknown_key")

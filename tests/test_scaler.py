@@ -157,4 +157,5 @@ async def test_queue_reports_lag_and_pending_of_the_consumer_group(config: Confi
         backlog = await queue.backlog("p")
         assert backlog["stream"] == 4  # lag + pending: settled entries leave the stream
     finally:
+        await queue.aclose()
         await client.aclose()

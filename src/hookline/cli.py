@@ -101,6 +101,7 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
         await serve(app, config.receiver_host, config.receiver_port, stop)
     finally:
         await tracing.close()
+        await queue.aclose()
         await bodies.close()
         await redis.aclose()
 
@@ -142,6 +143,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
     finally:
         await session.close()
         await tracing.close()
+        await queue.aclose()
         await bodies.close()
         await redis.aclose()
 
@@ -326,6 +328,7 @@ async def dlq_main(config: Config, args: argparse.Namespace) -> int:
         print(f"replayed {replayed} webhook(s)")
         return 0
     finally:
+        await queue.aclose()
         await redis.aclose()
 
 

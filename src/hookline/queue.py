@@ -8,6 +8,8 @@ Layout (``P`` is the configured prefix, ``pool`` the dispatcher pool):
 * ``P:dead``            stream: dead letters with their reason, pool and endpoint
 * ``P:idem:HASH``       an Idempotency-Key's first webhook id
 * ``P:stats:ENDPOINT``  per-endpoint figures (delivered, failed, dead, duplicates, last outcomes)
+  and health (failure streak, circuit open until)
+* ``P:attempts:ENDPOINT``  the endpoint's latest attempts, capped
 
 Every change of an entry's state is one Lua script, so it is atomic: an entry is
 acknowledged *and* deleted from the stream in the same step that records its
@@ -18,29 +20,32 @@ acknowledged the entry: when a slow consumer and the one that reclaimed its
 entry both finish, only the first outcome is recorded (the second delivery is
 counted as a duplicate).
 
-Writes from concurrent requests are pipelined together ("group commit"): a
-burst of N enqueues costs one round trip, not N.
+Every write goes through one pipelined connection (:class:`~hookline.wire.Wire`):
+the writes of concurrent requests leave together ("group commit"), so a burst
+of N enqueues costs one write and one round trip, not N. Deliveries settled in
+the same turn of the event loop are recorded by a single script call that still
+checks and counts each entry on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from hookline.config import Config
 from hookline.errors import StoreUnavailable
 from hookline.models import Webhook
+from hookline.wire import Wire, WireError, pack
 
 GROUP = "dispatchers"
-_MAX_BATCH = 512
 
 _ENQUEUE_ONCE = """
 local prev = redis.call('GET', KEYS[1])
@@ -70,20 +75,33 @@ local function failed(stats, attempts, failure, now, threshold, cooldown, logsiz
 end
 """
 
-# KEYS: stream, stats, attempts   ARGV: group, msgid, now, attempt json, log size
+# KEYS: stream, then per endpoint its stats and attempts keys
+# ARGV: group, now, log size, then per entry: msgid, index of its stats key, attempt json
+# Returns 1 per entry it acknowledged, 0 per entry already settled (counted as a duplicate).
+# A delivery ends the endpoint's failure streak and closes its circuit.
 _DELIVERED = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if acked == 0 then
-  redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-  return 0
+local acked_by, dups_by, out = {}, {}, {}
+local logsize = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
+  local k = tonumber(ARGV[i + 1])
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  out[#out + 1] = acked
+  if acked == 0 then
+    dups_by[k] = (dups_by[k] or 0) + 1
+  else
+    acked_by[k] = (acked_by[k] or 0) + 1
+    redis.call('LPUSH', KEYS[k + 1], ARGV[i + 2])
+  end
 end
-redis.call('HINCRBY', KEYS[2], 'delivered', 1)
-redis.call('HSET', KEYS[2], 'last_success', ARGV[3])
-redis.call('HDEL', KEYS[2], 'streak', 'streak_since', 'open_until')
-redis.call('LPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
-return 1
+for k, n in pairs(acked_by) do
+  redis.call('HINCRBY', KEYS[k], 'delivered', n)
+  redis.call('HSET', KEYS[k], 'last_success', ARGV[2])
+  redis.call('HDEL', KEYS[k], 'streak', 'streak_since', 'open_until')
+  redis.call('LTRIM', KEYS[k + 1], 0, logsize - 1)
+end
+for k, n in pairs(dups_by) do redis.call('HINCRBY', KEYS[k], 'duplicates', n) end
+return out
 """
 
 # KEYS: stream, retry zset, retry hash, stats, attempts
@@ -143,13 +161,17 @@ redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
 return 1
 """
 
+# name → (source, SHA-1): scripts run by SHA, and by source when Redis does not know them.
 _SCRIPTS = {
-    "enqueue_once": _ENQUEUE_ONCE,
-    "delivered": _DELIVERED,
-    "reschedule": _RESCHEDULE,
-    "dead": _DEAD,
-    "move_due": _MOVE_DUE,
-    "replay": _REPLAY,
+    name: (source, hashlib.sha1(source.encode()).hexdigest())
+    for name, source in {
+        "enqueue_once": _ENQUEUE_ONCE,
+        "delivered": _DELIVERED,
+        "reschedule": _RESCHEDULE,
+        "dead": _DEAD,
+        "move_due": _MOVE_DUE,
+        "replay": _REPLAY,
+    }.items()
 }
 
 
@@ -184,7 +206,10 @@ def _s(v: bytes | str) -> str:
 
 
 class Queue:
-    """Enqueue, read, claim and settle webhooks; all Redis I/O of the pipeline goes through here."""
+    """Enqueue, read, claim and settle webhooks; all Redis I/O of the pipeline goes through here.
+
+    Writes use a pipelined connection of their own, opened on first use: :meth:`aclose`
+    closes it (the redis-py client, used for reads and figures, stays the caller's)."""
 
     def __init__(
         self,
@@ -201,9 +226,10 @@ class Queue:
         self._health_args = [circuit_threshold, int(circuit_cooldown * 1000), attempt_log]
         self.attempt_log = attempt_log
         self.dead_key = f"{prefix}:dead"
-        self._sha: dict[str, str] = {}
-        self._pending: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._wire = Wire(redis)
+        self._xadd_heads: dict[str, bytes] = {}
+        # Deliveries to record at the end of this turn of the loop: stream → entries.
+        self._delivered: dict[str, list[tuple[bytes, str, str, asyncio.Future[Any]]]] = {}
         self._claim_cursor: dict[str, str] = {}
 
     @classmethod
@@ -216,6 +242,9 @@ class Queue:
             config.circuit_cooldown,
             config.attempt_log,
         )
+
+    async def aclose(self) -> None:
+        await self._wire.aclose()
 
     # -- keys
 
@@ -231,67 +260,19 @@ class Queue:
     def _retry_keys(self, pool: str) -> tuple[str, str]:
         return f"{self.prefix}:retry:{pool}", f"{self.prefix}:retrydata:{pool}"
 
-    # -- batching
+    # -- writing
 
-    async def _load_scripts(self) -> None:
-        for name, body in _SCRIPTS.items():
-            self._sha[name] = await self.redis.script_load(body)
+    async def _call(self, command: bytes, fallback: bytes | None = None) -> Any:
+        try:
+            return await self._wire.call(command, fallback)
+        except WireError as exc:
+            raise StoreUnavailable(f"queue: {exc}") from exc
 
-    def _submit(self, op: Callable[[Pipeline], Any]) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return fut
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[:_MAX_BATCH]
-            del self._pending[:_MAX_BATCH]
-            try:
-                results = await self._execute([op for op, _ in batch])
-            except (RedisError, OSError) as exc:
-                error = StoreUnavailable(f"queue: {exc}")
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(error)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(StoreUnavailable(f"queue: {result}"))
-                else:
-                    fut.set_result(result)
-
-    async def _execute(self, ops: list[Callable[[Pipeline], Any]]) -> list[Any]:
-        if not self._sha:
-            await self._load_scripts()
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for op in ops:
-                    op(pipe)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in results):
-                return results
-            # Redis restarted without its script cache: load the scripts and run
-            # the batch again (a script that failed with NOSCRIPT did nothing).
-            await self._load_scripts()
-            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in redo:
-                    ops[i](pipe)
-                again = await pipe.execute(raise_on_error=False)
-            for i, r in zip(redo, again, strict=True):
-                results[i] = r
-            return results
-        return results
-
-    async def _run(self, op: Callable[[Pipeline], Any]) -> Any:
-        return await self._submit(op)
-
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Callable[[Pipeline], Any]:
-        return lambda pipe: pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script by its SHA; Redis that lost its script cache gets the source."""
+        source, sha = _SCRIPTS[name]
+        command = pack("EVALSHA", sha, len(keys), *keys, *args)
+        return await self._call(command, pack("EVAL", source, len(keys), *keys, *args))
 
     # -- producers
 
@@ -299,15 +280,17 @@ class Queue:
         """Append a webhook to its pool's stream; returns its id (the first one for a repeated
         Idempotency-Key). Raises StoreUnavailable when Redis does not take it."""
         data = webhook.pack()
-        stream = self.stream(pool)
         if idempotency_key is None:
-            await self._run(lambda pipe: pipe.xadd(stream, {"d": data}))
+            head = self._xadd_heads.get(pool)
+            if head is None:
+                empty = pack("XADD", self.stream(pool), "*", "d", "")
+                head = self._xadd_heads[pool] = empty.removesuffix(b"$0\r\n\r\n")
+            await self._call(b"%s$%d\r\n%s\r\n" % (head, len(data), data))
             return webhook.id
         idem = f"{self.prefix}:idem:{idempotency_key}"
-        result = await self._run(
-            self._script(
-                "enqueue_once", [idem, stream], [webhook.id, self.idempotency_ttl_ms, data]
-            )
+        keys = [idem, self.stream(pool)]
+        result = await self._script(
+            "enqueue_once", keys, [webhook.id, self.idempotency_ttl_ms, data]
         )
         return _s(result)
 
@@ -365,12 +348,29 @@ class Queue:
         self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any] | None = None
     ) -> bool:
         """Record a delivery; False when the entry had already been settled (a duplicate).
-        A delivery ends the endpoint's failure streak and closes its circuit."""
-        keys = [self.stream(pool), self.stats_key(endpoint_id), self.attempts_key(endpoint_id)]
+        Deliveries recorded in the same turn of the event loop share one script call."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stream = self.stream(pool)
+        if not self._delivered:
+            asyncio.get_running_loop().call_soon(self._send_delivered)
+        log_entry = json.dumps(attempt or {"at": time.time()})
+        self._delivered.setdefault(stream, []).append((msg_id, endpoint_id, log_entry, fut))
+        return bool(await fut)
+
+    def _send_delivered(self) -> None:
+        batches, self._delivered = self._delivered, {}
         now = _now_ms()
-        log_entry = json.dumps(attempt or {"at": now / 1000})
-        args = [GROUP, msg_id, now, log_entry, self.attempt_log]
-        return bool(await self._run(self._script("delivered", keys, args)))
+        for stream, entries in batches.items():
+            index: dict[str, int] = {}
+            keys = [stream]
+            args: list[Any] = [GROUP, now, self.attempt_log]
+            for msg_id, endpoint_id, log_entry, _ in entries:
+                if endpoint_id not in index:
+                    index[endpoint_id] = len(keys) + 1
+                    keys += (self.stats_key(endpoint_id), self.attempts_key(endpoint_id))
+                args += (msg_id, index[endpoint_id], log_entry)
+            call = asyncio.ensure_future(self._script("delivered", keys, args))
+            call.add_done_callback(functools.partial(_resolve, entries=entries))
 
     async def reschedule(
         self,
@@ -394,7 +394,7 @@ class Queue:
         ]
         fail = json.dumps(failure) if failure else ""
         args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
-        raw = await self._run(self._script("reschedule", keys, [*args, *self._health_args]))
+        raw = await self._script("reschedule", keys, [*args, *self._health_args])
         return Settled.from_script(raw)
 
     async def dead(
@@ -414,7 +414,7 @@ class Queue:
         ]
         fail = json.dumps(failure) if failure else ""
         args = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint, fail]
-        raw = await self._run(self._script("dead", keys, [*args, _now_ms(), *self._health_args]))
+        raw = await self._script("dead", keys, [*args, _now_ms(), *self._health_args])
         return Settled.from_script(raw)
 
     async def health(self, endpoint_ids: list[str]) -> dict[str, tuple[int, float]]:
@@ -464,7 +464,7 @@ class Queue:
         """Move retries whose time has come back onto the stream; returns how many."""
         zkey, hkey = self._retry_keys(pool)
         keys = [zkey, hkey, self.stream(pool)]
-        return int(await self._run(self._script("move_due", keys, [_now_ms(), limit])))
+        return int(await self._script("move_due", keys, [_now_ms(), limit]))
 
     # -- figures
 
@@ -554,11 +554,26 @@ class Queue:
         wh.attempt = 0
         wh.created_ms = _now_ms()
         keys = [self.dead_key, self.stream(pool)]
-        return bool(await self._run(self._script("replay", keys, [letter.id, wh.pack()])))
+        return bool(await self._script("replay", keys, [letter.id, wh.pack()]))
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _resolve(
+    call: asyncio.Future[Any], entries: list[tuple[bytes, str, str, asyncio.Future[Any]]]
+) -> None:
+    """Hand each delivery its own answer from a batch's script call."""
+    error = call.exception() if not call.cancelled() else StoreUnavailable("queue: cancelled")
+    results = call.result() if error is None else [error] * len(entries)
+    for (*_, fut), result in zip(entries, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 UNREADABLE = "?unreadable"

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hookline.errors import StoreUnavailable
-from hookline.models import Endpoint
+from hookline.models import Endpoint, key_hash
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,11 @@ class RegistryCache:
 
     ``by_key`` and ``get`` are plain dictionary look-ups: the hot path of both
     the receiver and the dispatcher never waits on Redis for an endpoint.
+    ``by_key`` also remembers which endpoint a key found, so that the SHA-256 runs
+    once per distinct key; that memo is dropped on every change the cache sees.
     """
+
+    MEMO_SIZE = 4096  # distinct keys remembered before the memo starts afresh
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class RegistryCache:
         self.on_change = on_change
         self._by_id: dict[str, Endpoint] = {}
         self._by_key: dict[str, Endpoint] = {}
+        self._memo: dict[str, Endpoint] = {}  # raw key → endpoint, in this process only
         self._disabled: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -144,6 +149,17 @@ class RegistryCache:
 
     def by_key_hash(self, hashed: str) -> Endpoint | None:
         return self._by_key.get(hashed)
+
+    def by_key(self, key: str) -> Endpoint | None:
+        """The endpoint an ingest key belongs to."""
+        endpoint = self._memo.get(key)
+        if endpoint is None:
+            endpoint = self._by_key.get(key_hash(key))
+            if endpoint is not None:  # unknown keys are not kept: senders cannot fill it
+                if len(self._memo) >= self.MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = endpoint
+        return endpoint
 
     def disabled_reason(self, endpoint_id: str) -> str | None:
         d = self._disabled.get(endpoint_id)
@@ -157,6 +173,7 @@ class RegistryCache:
         disabled = await self.registry.disabled()
         self._by_id = endpoints
         self._by_key = {h: ep for ep in endpoints.values() for h in ep.key_hashes}
+        self._memo = {}
         self._disabled = disabled
         self.loaded.set()
 
@@ -166,6 +183,7 @@ class RegistryCache:
             self.registry.redis.hget(self.registry.disabled_key, endpoint_id)
         )
         old = self._by_id.get(endpoint_id)
+        self._memo = {}
         if old is not None:
             for h in old.key_hashes:
                 self._by_key.pop(h, None)

@@ -9,6 +9,7 @@ body is fed in chunks (:class:`Signer`), so a streamed body is never whole in me
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -33,16 +34,24 @@ def secret_bytes(secret: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=4096)
+def _keyed(secret: str) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with the secret and fed nothing: decoded and keyed once per
+    secret, then copied for each message."""
+    return hmac.new(secret_bytes(secret), digestmod=hashlib.sha256)
+
+
 class Signer:
     """Signs one message with every currently valid secret, fed the body chunk by chunk."""
 
     def __init__(self, secrets: tuple[SigningSecret, ...], msg_id: str, timestamp: int, now: float):
         prefix = f"{msg_id}.{timestamp}.".encode()
-        self._macs = [
-            hmac.new(secret_bytes(s.secret), prefix, hashlib.sha256)
-            for s in secrets
-            if s.valid(now)
-        ]
+        self._macs = []
+        for s in secrets:
+            if s.valid(now):
+                mac = _keyed(s.secret).copy()
+                mac.update(prefix)
+                self._macs.append(mac)
 
     def update(self, chunk: bytes) -> None:
         for mac in self._macs:

@@ -75,5 +75,7 @@ async def registry(config: Config) -> AsyncIterator[Registry]:
 
 
 @pytest.fixture
-async def queue(registry: Registry, config: Config) -> Queue:
-    return Queue(registry.redis, config.prefix)
+async def queue(registry: Registry, config: Config) -> AsyncIterator[Queue]:
+    q = Queue(registry.redis, config.prefix)
+    yield q
+    await q.aclose()

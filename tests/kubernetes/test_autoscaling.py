@@ -430,6 +430,7 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
         await eventually(measured, 15, f"the pool measured again\n{op.tail()}")
     finally:
         op.stop()
+        await queue.aclose()
         await client.aclose()
 
 

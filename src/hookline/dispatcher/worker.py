@@ -86,6 +86,7 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: set[bytes] = set()  # stream ids of the entries in flight here
         self._slot_free = asyncio.Event()
+        self._read_min = max(1, min(config.read_batch, config.concurrency) // 4)
         self._stopping = asyncio.Event()
 
     # -- the loops
@@ -152,12 +153,15 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._slot_free.set()
+        if self.config.concurrency - len(self._inflight) >= self._read_min:
+            self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
     async def _free_slots(self) -> int:
-        while (free := self.config.concurrency - len(self._inflight)) <= 0:
+        """Free slots, once there are at least ``_read_min``: a busy dispatcher reads fewer,
+        larger batches instead of a few entries each time a delivery finishes."""
+        while (free := self.config.concurrency - len(self._inflight)) < self._read_min:
             self._slot_free.clear()
             await self._slot_free.wait()
         return free

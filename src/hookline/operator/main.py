@@ -94,5 +94,6 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
+        await queue.aclose()
         await redis.aclose()
     return 0

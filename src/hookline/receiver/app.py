@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -25,7 +26,7 @@ from hookline.config import Config
 from hookline.errors import BodyTooLarge, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
-from hookline.models import Endpoint, Webhook, key_hash, new_id
+from hookline.models import Endpoint, Webhook, new_id
 from hookline.queue import Queue
 from hookline.registry import RegistryCache
 from hookline.tracing import OFF, Tracing
@@ -73,15 +74,22 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TRACING: web.AppKey[Tracing] = web.AppKey("tracing", Tracing)
 
 
+@functools.lru_cache(maxsize=1024)
+def _allowed(forward_headers: tuple[str, ...]) -> tuple[str, ...]:
+    """The headers an allow list really forwards: Content-Type, and never a dropped one."""
+    names = dict.fromkeys(("content-type", *(h.lower() for h in forward_headers)))
+    return tuple(h for h in names if h not in DROPPED_HEADERS)
+
+
 def forwarded_headers(request: web.Request, endpoint: Endpoint) -> dict[str, str]:
-    allowed = endpoint.forward_headers
+    """The request's headers that the endpoint's allow list names, in lower case; a repeated
+    header forwards its last value."""
     out = {}
-    for name, value in request.headers.items():
-        low = name.lower()
-        if low in DROPPED_HEADERS:
-            continue
-        if low == "content-type" or low in allowed:
-            out[low] = value
+    headers = request.headers
+    for name in _allowed(endpoint.forward_headers):
+        values = headers.getall(name, None)
+        if values:
+            out[name] = values[-1]
     return out
 
 
@@ -112,6 +120,8 @@ class Ingest:
         self.metrics = app[METRICS]
         self.tracing = app[TRACING]
         self.retry_after = str(max(1, round(self.config.retry_after)))
+        self.ingested_inline = self.metrics.ingested.labels("inline")
+        self.ingested_ref = self.metrics.ingested.labels("ref")
 
     def refuse(self, status: int, code: str, reason: str, **headers: str) -> web.Response:
         self.metrics.ingest_errors.labels(code).inc()
@@ -129,7 +139,7 @@ class Ingest:
         key = request.headers.get(KEY_HEADER)
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
-        endpoint = self.cache.by_key_hash(key_hash(key))
+        endpoint = self.cache.by_key(key)
         if endpoint is None:
             if not self.cache.loaded.is_set():
                 return self.refuse(
@@ -147,10 +157,15 @@ class Ingest:
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
         limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        clen = request.content_length
+        if clen is not None and clen > limit:
             resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
             resp.force_close()
             return resp
+        if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
+            # The whole body has already arrived: there is nothing left to read under the
+            # deadline, and the enqueue is bounded by the queue's own Redis timeout.
+            return await self._accept(request, endpoint)
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 return await self._accept(request, endpoint)
@@ -218,7 +233,7 @@ class Ingest:
             raise
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
             await self._discard(ref)
-        self.metrics.ingested.labels("ref" if ref else "inline").inc()
+        (self.ingested_ref if ref else self.ingested_inline).inc()
         return web.Response(
             status=202, body=b'{"id":"' + accepted.encode() + b'"}', content_type="application/json"
         )

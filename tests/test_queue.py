@@ -1,0 +1,139 @@
+"""The queue's write path: batched settling, script cache loss, Redis down, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+
+from hookline.cli import redis_client
+from hookline.config import Config
+from hookline.errors import StoreUnavailable
+from hookline.models import Webhook, new_id
+from hookline.queue import Queue
+from tests.peers import RedisServer, free_port
+
+
+def webhook(endpoint: str = "test/a") -> Webhook:
+    return Webhook(id=new_id(), endpoint=endpoint, headers={}, body=b"{}", size=2)
+
+
+@pytest.fixture
+async def queue(config: Config) -> AsyncIterator[Queue]:
+    client = redis_client(config)
+    q = Queue(client, config.prefix)
+    await q.ensure_group("default")
+    yield q
+    await q.aclose()
+    await client.aclose()
+
+
+async def test_deliveries_settled_together_are_each_acknowledged_and_counted(
+    queue: Queue,
+) -> None:
+    sent = [webhook("test/a") for _ in range(30)] + [webhook("test/b") for _ in range(20)]
+    await asyncio.gather(*(queue.enqueue("default", wh) for wh in sent))
+    read = await queue.read("default", "c1", 100, block_ms=100)
+    assert sorted(wh.id for _, wh in read) == sorted(wh.id for wh in sent)
+    settle = [queue.delivered("default", mid, wh.endpoint) for mid, wh in read]
+    # Ten entries settled twice in the same batch: only the first counts.
+    settle += [queue.delivered("default", mid, wh.endpoint) for mid, wh in read[:10]]
+    results = await asyncio.gather(*settle)
+    assert results == [True] * 50 + [False] * 10
+    a, b = await queue.stats("test/a"), await queue.stats("test/b")
+    dup_a = sum(1 for _, wh in read[:10] if wh.endpoint == "test/a")
+    assert (a["delivered"], b["delivered"]) == ("30", "20")
+    assert int(a.get("duplicates", 0)) + int(b.get("duplicates", 0)) == 10
+    assert int(a.get("duplicates", 0)) == dup_a
+    assert (await queue.backlog("default"))["stream"] == 0
+
+
+async def test_settling_works_after_redis_lost_its_script_cache(queue: Queue) -> None:
+    wh = webhook()
+    await queue.enqueue("default", wh)
+    await queue.enqueue("default", webhook(), idempotency_key="k1")
+    (mid, _), (mid2, second) = await queue.read("default", "c1", 10, block_ms=100)
+    await queue.redis.script_flush()
+    assert await queue.delivered("default", mid, wh.endpoint)
+    await queue.redis.script_flush()
+    assert await queue.reschedule("default", mid2, second, 0.0)
+    await queue.redis.script_flush()
+    assert await queue.move_due("default") == 1
+    again = await queue.enqueue("default", webhook(), idempotency_key="k1")
+    assert again == second.id, "the Idempotency-Key still maps to its first id"
+
+
+async def test_every_waiting_writer_gets_store_unavailable_while_redis_is_down(
+    own_redis: RedisServer, config: Config
+) -> None:
+    client = redis_client(replace(config, redis_url=own_redis.url))
+    queue = Queue(client, config.prefix)
+    try:
+        await queue.enqueue("default", webhook())
+        own_redis.stop(kill=True)
+        results = await asyncio.gather(
+            *(queue.enqueue("default", webhook()) for _ in range(100)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results[:3]
+        own_redis.start()
+        await queue.enqueue("default", webhook())
+        assert (await queue.backlog("default"))["stream"] == 2
+    finally:
+        await queue.aclose()
+        await client.aclose()
+
+
+async def test_a_silent_redis_is_a_store_failure_not_a_hang(config: Config) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    port = free_port()
+    server = await asyncio.start_server(silent, "127.0.0.1", port)
+    client = redis_client(
+        replace(config, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
+    )
+    queue = Queue(client, config.prefix)
+    try:
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            await queue.enqueue("default", webhook())
+    finally:
+        await queue.aclose()
+        await client.aclose()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_writes_use_the_urls_user_password_and_database(
+    own_redis: RedisServer, config: Config
+) -> None:
+    admin = aioredis.from_url(own_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "hl", "on", ">s3cret", "~*", "+@all")
+    await admin.config_set("requirepass", "rootpw")
+    await admin.aclose()
+    host = f"127.0.0.1:{own_redis.port}"
+    for url, db in ((f"redis://hl:s3cret@{host}/3", 3), (f"redis://:rootpw@{host}/2", 2)):
+        client = redis_client(replace(config, redis_url=url))
+        queue = Queue(client, config.prefix)
+        try:
+            await queue.enqueue("default", webhook())
+            check = aioredis.from_url(f"redis://:rootpw@{host}/{db}")
+            assert await check.xlen(queue.stream("default")) == 1
+            await check.aclose()
+        finally:
+            await queue.aclose()
+            await client.aclose()
+    bad = redis_client(replace(config, redis_url=f"redis://hl:wrong@{host}/0"))
+    queue = Queue(bad, config.prefix)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await queue.enqueue("default", webhook())
+    finally:
+        await queue.aclose()
+        await bad.aclose()
