@@ -124,7 +124,8 @@ class Gates:
             cap = min(cap, endpoint.max_in_flight)
         if self._local[endpoint.id] >= cap and not await self._local_slot(endpoint.id, cap):
             await self._drop_probe(endpoint.id, probe)
-            return Deferred("endpoint at its concurrency limit", self._spread(endpoint.id, cap))
+            delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
+            return Deferred("endpoint at its concurrency limit", delay)
         lease = None
         if endpoint.max_in_flight or endpoint.rate_limit:
             lease = os.urandom(8).hex()
@@ -132,7 +133,8 @@ class Gates:
             if wait:
                 await self._drop_probe(endpoint.id, probe)
                 if wait < 0:
-                    return Deferred("endpoint at maxInFlight", self._spread(endpoint.id, cap))
+                    delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
+                    return Deferred("endpoint at maxInFlight", delay)
                 assert endpoint.rate_limit is not None
                 spread = self._spread(endpoint.id, 1, 1 / endpoint.rate_limit.per_second)
                 return Deferred("endpoint rate limit", max(wait / 1000, spread))
@@ -218,20 +220,27 @@ class Gates:
             return False
         return True
 
-    def _spread(self, endpoint_id: str, cap: int, step: float | None = None) -> float:
+    def _spread(
+        self, endpoint_id: str, cap: int, step: float | None = None, timeout: float = 0.0
+    ) -> float:
         """The delay for one more deferral of a saturated endpoint: deferrals are spaced at
         the pace the endpoint can take them (its latency over its cap, or 1/rate), so a
-        backlog behind a slow endpoint comes back at that pace and not all at once — a
-        hanging endpoint with a large backlog costs a few operations a second, not one per
-        queued webhook per ``defer_delay``."""
+        backlog behind a slow endpoint comes back at that pace and not all at once. An
+        endpoint whose requests have been hanging longer than ``defer_delay`` is taken to
+        need its whole ``timeout``: its backlog waits at least that long, so a hanging
+        endpoint with a large backlog costs a few operations a second, not one per queued
+        webhook per ``defer_delay``."""
         now = time.monotonic()
+        least = self.config.defer_delay
         if step is None:
             oldest = min(self._starts.get(endpoint_id, {}).values(), default=now)
             latency = max(self._latency.get(endpoint_id, 0.0), now - oldest, 0.001)
+            if latency > self.config.defer_delay:
+                latency = least = max(latency, timeout)
             step = latency / cap
         slot = max(self._next_slot.get(endpoint_id, now), now) + step
         self._next_slot[endpoint_id] = slot
-        return max(slot - now, self.config.defer_delay) * random.uniform(1.0, 1.1)
+        return max(slot - now, least) * random.uniform(1.0, 1.1)
 
     async def _shared(self, endpoint: Endpoint, lease: str) -> int:
         rate = endpoint.rate_limit
