@@ -151,19 +151,20 @@ class Ingest:
         if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
             # The whole body has already arrived: there is nothing left to read under the
             # deadline, and the enqueue is bounded by the queue's own Redis timeout.
-            return await self._accept(request, endpoint)
+            return await self._accept(request, endpoint, clen)
         try:
             async with asyncio.timeout(self.config.request_timeout):
-                return await self._accept(request, endpoint)
+                return await self._accept(request, endpoint, clen)
         except TimeoutError:
             return self.refuse(408, "request_timeout", "the request was not read in time")
 
-    async def _accept(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+    async def _accept(
+        self, request: web.Request, endpoint: Endpoint, clen: int | None
+    ) -> web.Response:
         config = self.config
         wid = new_id()
         ref: str | None = None
         inline = config.inline_limit
-        clen = request.content_length
         try:
             if clen is not None and clen <= inline:
                 body = await request.read()
