@@ -114,8 +114,8 @@ class Ingest:
         self.bodies = app[BODIES]
         self.metrics = app[METRICS]
         self.retry_after = str(max(1, round(self.config.retry_after)))
-        self.ingested_inline = self.metrics.ingested.labels("inline")
-        self.ingested_ref = self.metrics.ingested.labels("ref")
+        self.ingested_inline = self.metrics.tally(self.metrics.ingested.labels("inline"))
+        self.ingested_ref = self.metrics.tally(self.metrics.ingested.labels("ref"))
 
     def refuse(self, status: int, code: str, reason: str, **headers: str) -> web.Response:
         self.metrics.ingest_errors.labels(code).inc()
@@ -218,7 +218,7 @@ class Ingest:
             raise
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
             await self._discard(ref)
-        (self.ingested_ref if ref else self.ingested_inline).inc()
+        (self.ingested_ref if ref else self.ingested_inline).n += 1
         return web.Response(
             status=202, body=b'{"id":"' + accepted.encode() + b'"}', content_type="application/json"
         )
