@@ -285,7 +285,10 @@ class Queue:
             if head is None:
                 empty = pack("XADD", self.stream(pool), "*", "d", "")
                 head = self._xadd_heads[pool] = empty.removesuffix(b"$0\r\n\r\n")
-            await self._call(b"%s$%d\r\n%s\r\n" % (head, len(data), data))
+            try:  # the receiver's hot path: no more layers than needed
+                await self._wire.call(b"%s$%d\r\n%s\r\n" % (head, len(data), data))
+            except WireError as exc:
+                raise StoreUnavailable(f"queue: {exc}") from exc
             return webhook.id
         idem = f"{self.prefix}:idem:{idempotency_key}"
         keys = [idem, self.stream(pool)]

@@ -120,8 +120,8 @@ class Ingest:
         self.metrics = app[METRICS]
         self.tracing = app[TRACING]
         self.retry_after = str(max(1, round(self.config.retry_after)))
-        self.ingested_inline = self.metrics.ingested.labels("inline")
-        self.ingested_ref = self.metrics.ingested.labels("ref")
+        self.ingested_inline = self.metrics.tally(self.metrics.ingested.labels("inline"))
+        self.ingested_ref = self.metrics.tally(self.metrics.ingested.labels("ref"))
 
     def refuse(self, status: int, code: str, reason: str, **headers: str) -> web.Response:
         self.metrics.ingest_errors.labels(code).inc()
@@ -165,19 +165,20 @@ class Ingest:
         if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
             # The whole body has already arrived: there is nothing left to read under the
             # deadline, and the enqueue is bounded by the queue's own Redis timeout.
-            return await self._accept(request, endpoint)
+            return await self._accept(request, endpoint, clen)
         try:
             async with asyncio.timeout(self.config.request_timeout):
-                return await self._accept(request, endpoint)
+                return await self._accept(request, endpoint, clen)
         except TimeoutError:
             return self.refuse(408, "request_timeout", "the request was not read in time")
 
-    async def _accept(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+    async def _accept(
+        self, request: web.Request, endpoint: Endpoint, clen: int | None
+    ) -> web.Response:
         config = self.config
         wid = new_id()
         ref: str | None = None
         inline = config.inline_limit
-        clen = request.content_length
         try:
             if clen is not None and clen <= inline:
                 body = await request.read()
@@ -233,7 +234,7 @@ class Ingest:
             raise
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
             await self._discard(ref)
-        (self.ingested_ref if ref else self.ingested_inline).inc()
+        (self.ingested_ref if ref else self.ingested_inline).n += 1
         return web.Response(
             status=202, body=b'{"id":"' + accepted.encode() + b'"}', content_type="application/json"
         )
