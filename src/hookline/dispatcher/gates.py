@@ -73,8 +73,8 @@ return 0
 
 
 # An endpoint whose attempts take less than this is waited for when it is at its
-# per-process cap (briefly, at most this long), instead of deferred through Redis.
-FAST_ENDPOINT = 0.05
+# per-process cap (at most this long), instead of deferred through Redis.
+FAST_ENDPOINT = 0.25
 
 
 @dataclass(frozen=True, slots=True)
