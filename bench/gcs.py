@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +45,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from common import PINNED, free_port, pinned, wait_until  # bench/ is the script's folder
 from hookline.cli import redis_client
 from hookline.config import Config, KiB, MiB
 from hookline.manifests import new_key
@@ -57,7 +57,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "benchgcs"
 BUCKET = "hookline-bench"
 ENDPOINT = "bench/gcs-sink"
-PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 SUT_CPU, LOAD_CPU = "0", "1"
 RELAY_BYTES = 100 * MiB
 INGEST_BYTES = 256 * KiB
@@ -70,26 +69,6 @@ def log(msg: str) -> None:
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> None:
     print(json.dumps({"name": name, "value": round(value, 1), "unit": unit, **extra}), flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(cpu: str, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if PINNED else argv
-
-
-def wait_until(check: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"bench/gcs: {what} did not happen within {seconds} s")
 
 
 # -- peers

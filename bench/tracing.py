@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -57,6 +56,7 @@ sys.path.insert(0, str(ROOT))  # for tests.tracing.jaeger, the Jaeger the tests 
 
 from tests.tracing.jaeger import JaegerServer  # noqa: E402
 
+from common import PINNED, free_port, pinned, wait_until  # noqa: E402 (bench/ is on sys.path)
 from hookline.cli import redis_client  # noqa: E402
 from hookline.config import Config  # noqa: E402
 from hookline.manifests import new_key  # noqa: E402
@@ -66,7 +66,6 @@ from hookline.registry import Registry  # noqa: E402
 from hookline.signing import new_secret  # noqa: E402
 
 PREFIX = "benchtrace"
-PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 SUT_CPU, LOAD_CPU = "0", "1"
 BODY = json.dumps({"type": "bench.event", "data": "x" * 460}).encode()[:512]
 TARGET = 0.85
@@ -108,26 +107,6 @@ def figure(
 def order(n: int) -> tuple[str, str]:
     """Which variant goes first in round ``n``: alternating, so drift favours neither."""
     return VARIANTS if n % 2 else VARIANTS[::-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(cpu: str, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if PINNED else argv
-
-
-def wait_until(check: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"bench/tracing: {what} did not happen within {seconds} s")
 
 
 class Peers:
