@@ -77,6 +77,11 @@ return 0
 FAST_ENDPOINT = 0.25
 
 
+# An endpoint whose oldest request has been open this long is treated as hanging:
+# its backlog is deferred by at least its timeout.
+HANGING = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """An admitted attempt; give it back with :meth:`Gates.release`."""
@@ -226,7 +231,7 @@ class Gates:
         """The delay for one more deferral of a saturated endpoint: deferrals are spaced at
         the pace the endpoint can take them (its latency over its cap, or 1/rate), so a
         backlog behind a slow endpoint comes back at that pace and not all at once. An
-        endpoint whose requests have been hanging longer than ``defer_delay`` is taken to
+        endpoint whose requests have been open longer than ``HANGING`` is taken to
         need its whole ``timeout``: its backlog waits at least that long, so a hanging
         endpoint with a large backlog costs a few operations a second, not one per queued
         webhook per ``defer_delay``."""
@@ -235,7 +240,7 @@ class Gates:
         if step is None:
             oldest = min(self._starts.get(endpoint_id, {}).values(), default=now)
             latency = max(self._latency.get(endpoint_id, 0.0), now - oldest, 0.001)
-            if latency > self.config.defer_delay:
+            if latency > max(self.config.defer_delay, HANGING):
                 latency = least = max(latency, timeout)
             step = latency / cap
         slot = max(self._next_slot.get(endpoint_id, now), now) + step
