@@ -13,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import os
+from binascii import b2a_base64
 
 from hookline.errors import InvalidSpec
 from hookline.models import SigningSecret
@@ -58,7 +59,9 @@ class Signer:
             mac.update(chunk)
 
     def header(self) -> str:
-        return " ".join("v1," + base64.b64encode(m.digest()).decode() for m in self._macs)
+        return " ".join(
+            ["v1," + b2a_base64(m.digest(), newline=False).decode() for m in self._macs]
+        )
 
 
 def sign(
