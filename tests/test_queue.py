@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from hookline.cli import redis_client
 from hookline.config import Config
 from hookline.errors import StoreUnavailable
 from hookline.models import Webhook, new_id
 from hookline.queue import Queue
-from tests.peers import RedisServer, free_port
+from tests.peers import RedisServer, eventually, free_port, require_binary
 
 
 def webhook(endpoint: str = "test/a") -> Webhook:
@@ -137,3 +140,38 @@ async def test_writes_use_the_urls_user_password_and_database(
     finally:
         await queue.aclose()
         await bad.aclose()
+
+
+@pytest.fixture
+def unix_redis(tmp_path: Path) -> Iterator[Path]:
+    """A redis-server listening on a Unix socket only."""
+    sock = tmp_path / "redis.sock"
+    exe = require_binary("redis-server", "run `make test` (it installs redis-server)")
+    argv = [exe, "--port", "0", "--save", "", "--unixsocket", str(sock), "--dir", str(tmp_path)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        yield sock
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def test_writes_over_a_unix_socket(unix_redis: Path, config: Config) -> None:
+    check = aioredis.from_url(f"unix://{unix_redis}?db=1")
+
+    async def answers() -> bool:
+        try:
+            return bool(await check.ping())  # type: ignore[misc]
+        except (OSError, RedisError):
+            return False
+
+    client = redis_client(replace(config, redis_url=f"unix://{unix_redis}?db=1"))
+    queue = Queue(client, config.prefix)
+    try:
+        await eventually(answers, 10, "redis-server on its unix socket")
+        await queue.enqueue("default", webhook())
+        assert await check.xlen(queue.stream("default")) == 1
+    finally:
+        await queue.aclose()
+        await client.aclose()
+        await check.aclose()
