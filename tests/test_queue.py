@@ -54,6 +54,28 @@ async def test_deliveries_settled_together_are_each_acknowledged_and_counted(
     assert (await queue.backlog("default"))["stream"] == 0
 
 
+async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
+    queue: Queue,
+) -> None:
+    sent = [replace(webhook(), body=bytes([i, 0xFF]), attempt=i) for i in range(3)]
+    await asyncio.gather(*(queue.enqueue("default", wh) for wh in sent))
+    read = await queue.read("default", "c1", 10, block_ms=100)
+    assert await queue.delivered("default", read[0][0], read[0][1].endpoint)
+    # The first was settled meanwhile (say by a dispatcher that reclaimed it): not moved.
+    assert await queue.defer("default", [(mid, 0.2) for mid, _ in read]) == 2
+    assert await queue.backlog("default") == {
+        "stream": 0,
+        "retry_due": 0,
+        "retry_scheduled": 2,
+    }
+    assert await queue.move_due("default") == 0  # not due yet
+    await asyncio.sleep(0.3)
+    assert await queue.move_due("default") == 2
+    again = await queue.read("default", "c1", 10, block_ms=100)
+    assert [wh for _, wh in again] == sent[1:]
+    assert (await queue.stats("test/a")).get("failed") is None  # a deferral is no attempt
+
+
 async def test_settling_works_after_redis_lost_its_script_cache(queue: Queue) -> None:
     wh = webhook()
     await queue.enqueue("default", wh)

@@ -122,6 +122,30 @@ return {1, h[1], h[2], h[3]}
 """
 )
 
+# KEYS: stream, retry zset, retry hash   ARGV: group, now_ms, then per entry: msgid, delay_ms
+# Puts entries back on the schedule as they are, their data copied from the stream (a
+# deferral changes nothing in the webhook). Returns how many it moved; an entry another
+# consumer already settled is only acknowledged.
+_DEFER = """
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local e = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 and e then
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then
+        redis.call('HSET', KEYS[3], id, f[j + 1])
+        redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[i + 1]), id)
+        n = n + 1
+      end
+    end
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return n
+"""
+
 # KEYS: stream, dead stream, stats, attempts
 # ARGV: group, msgid, packed, reason, pool, endpoint, failure json ('' when no attempt),
 #       now, threshold, cooldown, log size
@@ -168,6 +192,7 @@ _SCRIPTS = {
         "enqueue_once": _ENQUEUE_ONCE,
         "delivered": _DELIVERED,
         "reschedule": _RESCHEDULE,
+        "defer": _DEFER,
         "dead": _DEAD,
         "move_due": _MOVE_DUE,
         "replay": _REPLAY,
@@ -399,6 +424,16 @@ class Queue:
         args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
         raw = await self._script("reschedule", keys, [*args, *self._health_args])
         return Settled.from_script(raw)
+
+    async def defer(self, pool: str, entries: list[tuple[bytes, float]]) -> int:
+        """Put entries (stream id, delay in seconds) back on the schedule unchanged, in one
+        call: the dispatcher's cheap path for webhooks whose endpoint cannot take them now.
+        Returns how many were moved (the others had been settled already)."""
+        zkey, hkey = self._retry_keys(pool)
+        args: list[Any] = [GROUP, _now_ms()]
+        for msg_id, delay in entries:
+            args += (msg_id, int(delay * 1000))
+        return int(await self._script("defer", [self.stream(pool), zkey, hkey], args))
 
     async def dead(
         self,
