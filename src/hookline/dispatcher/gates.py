@@ -1,6 +1,7 @@
 """Per-endpoint admission: the circuit breaker, concurrency caps and rate limits.
 
-The dispatcher asks :meth:`Gates.admit` before each attempt. A refusal is a
+The dispatcher asks :meth:`Gates.refuse` as it reads each entry and
+:meth:`Gates.admit` before each attempt. A refusal is a
 :class:`~hookline.models.Deferred` outcome — the entry goes back on the retry
 schedule with a short delay and no attempt counted — so a slow or throttled
 endpoint never holds a worker that another endpoint could use.
@@ -101,7 +102,8 @@ class Gates:
         self.prefix = config.prefix
         self._acquire = redis.register_script(_ACQUIRE)
         self._local: Counter[str] = Counter()
-        self._starts: dict[str, dict[int, float]] = {}  # endpoint → in-flight start times
+        # endpoint → in-flight start times, oldest first (tickets are added as they start)
+        self._starts: dict[str, dict[int, float]] = {}
         self._latency: dict[str, float] = {}  # endpoint → moving average, seconds
         self._next_slot: dict[str, float] = {}  # endpoint → when the last deferral was sent
         self._freed: dict[str, asyncio.Condition] = {}  # endpoint → a local slot came free
@@ -114,19 +116,32 @@ class Gates:
         streak, until = self._health.get(endpoint_id, (0, 0.0))
         return streak >= self.config.circuit_threshold and now < until
 
-    async def admit(self, endpoint: Endpoint, now: float) -> Ticket | Deferred:
-        """Admit one attempt now, or say how long to wait. Never waits itself."""
-        probe = False
+    def refuse(self, endpoint: Endpoint, now: float) -> Deferred | None:
+        """A refusal this process can tell at once, without Redis or waiting: the circuit is
+        open, or the endpoint is at this process's cap and not fast enough to wait for.
+        None: ask :meth:`admit`. The dispatcher asks before it starts a delivery at all, so
+        a saturated endpoint's backlog costs a read and a batched deferral, no task."""
         streak, until = self._health.get(endpoint.id, (0, 0.0))
-        if streak >= self.config.circuit_threshold:
-            if now < until:
-                return Deferred("circuit open", until - now + random.uniform(0, 1))
+        if streak >= self.config.circuit_threshold and now < until:
+            return Deferred("circuit open", until - now + random.uniform(0, 1))
+        cap = self._cap(endpoint)
+        if self._local[endpoint.id] >= cap and not self._fast(endpoint.id):
+            delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
+            return Deferred("endpoint at its concurrency limit", delay)
+        return None
+
+    async def admit(self, endpoint: Endpoint, now: float) -> Ticket | Deferred:
+        """Admit one attempt now, or say how long to wait; waits at most ``FAST_ENDPOINT``
+        for a local slot of a fast endpoint."""
+        refused = self.refuse(endpoint, now)
+        if refused is not None:
+            return refused
+        probe = False
+        if self._health.get(endpoint.id, (0, 0.0))[0] >= self.config.circuit_threshold:
             probe = await self._claim_probe(endpoint)
             if not probe:
                 return Deferred("circuit half-open: a probe is in flight", self._short())
-        cap = self.config.endpoint_concurrency
-        if endpoint.max_in_flight:
-            cap = min(cap, endpoint.max_in_flight)
+        cap = self._cap(endpoint)
         if self._local[endpoint.id] >= cap and not await self._local_slot(endpoint.id, cap):
             await self._drop_probe(endpoint.id, probe)
             delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
@@ -207,13 +222,30 @@ class Gates:
     def _short(self) -> float:
         return self.config.defer_delay * random.uniform(0.5, 1.5)
 
+    def _cap(self, endpoint: Endpoint) -> int:
+        if endpoint.max_in_flight:
+            return min(self.config.endpoint_concurrency, endpoint.max_in_flight)
+        return self.config.endpoint_concurrency
+
+    def _latency_now(self, endpoint_id: str, now: float) -> float:
+        """The endpoint's latency as seen now: its moving average, or longer when its
+        oldest open request has been waiting longer than that."""
+        starts = self._starts.get(endpoint_id)
+        oldest = next(iter(starts.values())) if starts else now
+        return max(self._latency.get(endpoint_id, 0.0), now - oldest)
+
+    def _fast(self, endpoint_id: str) -> bool:
+        """Whether the endpoint has answered within ``FAST_ENDPOINT`` and its open requests
+        are younger than that. One that has not answered yet is not known to be fast."""
+        if endpoint_id not in self._latency:
+            return False
+        return self._latency_now(endpoint_id, time.monotonic()) <= FAST_ENDPOINT
+
     async def _local_slot(self, endpoint_id: str, cap: int) -> bool:
         """Wait briefly for one of this process's slots of a *fast* endpoint: for an
         endpoint answering in milliseconds, a slot frees sooner than a deferral would
         come back, and costs no Redis round trip. A slow endpoint is not waited for."""
-        now = time.monotonic()
-        oldest = min(self._starts.get(endpoint_id, {}).values(), default=now)
-        if max(self._latency.get(endpoint_id, 0.0), now - oldest) > FAST_ENDPOINT:
+        if not self._fast(endpoint_id):
             return False
         freed = self._freed.setdefault(endpoint_id, asyncio.Condition())
         try:
@@ -230,18 +262,22 @@ class Gates:
     ) -> float:
         """The delay for one more deferral of a saturated endpoint: deferrals are spaced at
         the pace the endpoint can take them (its latency over its cap, or 1/rate), so a
-        backlog behind a slow endpoint comes back at that pace and not all at once. An
-        endpoint whose requests have been open longer than ``HANGING`` is taken to
-        need its whole ``timeout``: its backlog waits at least that long, so a hanging
-        endpoint with a large backlog costs a few operations a second, not one per queued
-        webhook per ``defer_delay``."""
+        backlog behind a slow endpoint comes back at that pace and not all at once, and
+        waits at least one latency. An endpoint that has not answered yet is taken to be
+        slow (``defer_delay``), and once its requests have been open longer than
+        ``HANGING`` without an answer, to need its whole ``timeout``: a hanging endpoint
+        with a large backlog costs a few operations a second, not one per queued webhook
+        per ``defer_delay``."""
         now = time.monotonic()
         least = self.config.defer_delay
         if step is None:
-            oldest = min(self._starts.get(endpoint_id, {}).values(), default=now)
-            latency = max(self._latency.get(endpoint_id, 0.0), now - oldest, 0.001)
-            if latency > max(self.config.defer_delay, HANGING):
-                latency = least = max(latency, timeout)
+            latency = max(self._latency_now(endpoint_id, now), 0.001)
+            if endpoint_id not in self._latency:
+                latency = max(latency, least)
+                if latency > HANGING:
+                    latency = max(latency, timeout)
+            if latency > max(least, HANGING):
+                least = latency
             step = latency / cap
         slot = max(self._next_slot.get(endpoint_id, now), now) + step
         self._next_slot[endpoint_id] = slot

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -137,16 +137,54 @@ class Dispatcher:
         await self.cache.stop()
 
     def _start(self, entries: list[tuple[bytes, Webhook]]) -> None:
+        """Start a delivery for each entry — except those whose endpoint cannot take them
+        now (paused, circuit open, saturated and slow): they go back on the schedule in
+        one call, with no task and no attempt, so a hanging endpoint's backlog costs the
+        other endpoints little more than reading it."""
         handle = self._handle_traced if self.tracing.enabled else self._handle
+        now = time.time()
+        put_off: list[tuple[bytes, float]] = []
         for msg_id, webhook in entries:
             if msg_id in self._handling:  # reclaimed from ourselves: already in flight
                 continue
-            self._handling.add(msg_id)
-            task = asyncio.create_task(handle(msg_id, webhook))
-            task.add_done_callback(functools.partial(self._finished, msg_id))
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
+            refused = self._refusal(webhook, now)
+            if refused is not None:
+                put_off.append((msg_id, refused.delay))
+                continue
+            self._spawn(msg_id, handle(msg_id, webhook))
+        if put_off:
+            self._spawn(None, self._defer(put_off))
         self.metrics.in_flight.set(len(self._inflight))
+
+    def _spawn(self, msg_id: bytes | None, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        if msg_id is not None:
+            self._handling.add(msg_id)
+            task.add_done_callback(functools.partial(self._finished, msg_id))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _refusal(self, webhook: Webhook, now: float) -> Deferred | None:
+        """The deferral of a webhook that can be decided without a delivery task; None
+        when the full path must decide (unknown, disabled or too old: the dead letter)."""
+        endpoint = self.cache.get(webhook.endpoint)
+        if (
+            endpoint is None
+            or self.cache.disabled_reason(endpoint.id)
+            or now - webhook.created_ms / 1000 > endpoint.retry.max_age_seconds
+        ):
+            return None
+        if endpoint.paused:
+            return Deferred("endpoint paused", self.config.defer_delay)
+        return self.gates.refuse(endpoint, now)
+
+    async def _defer(self, entries: list[tuple[bytes, float]]) -> None:
+        try:
+            await self.queue.defer(self.pool, entries)
+        except StoreUnavailable as exc:  # left pending; tried again after claim_idle
+            log.warning("could not defer %d entries: %s", len(entries), exc)
+            return
+        self.metrics.deliveries.labels("deferred").inc(len(entries))
 
     def _finished(self, msg_id: bytes, _: asyncio.Task[None]) -> None:
         self._handling.discard(msg_id)
