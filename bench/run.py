@@ -8,6 +8,9 @@ Measured in one run on this machine, on loopback only:
                  to ``bench/sink.py`` vs. a raw aiohttp client (``bench/rawclient.py``)
 * ``e2e_p50_ms`` / ``e2e_p99_ms``  from the sender's ``202`` to sink receipt at a fixed
                  offered rate (``bench/sender.py``), receiver and dispatcher both running
+* ``isolation``  the healthy sink's delivery rate while one dispatcher drains a stream in
+                 which every other webhook is for an endpoint that answers 10 s late,
+                 vs. the same drain without those webhooks (issue 3)
 
 The process under test runs on CPU 0; the load generator, the sink and a private
 ``redis-server`` (no persistence unless ``--aof``: then AOF with fsync every
@@ -54,6 +57,7 @@ PY = sys.executable
 EXTRA_SCRIPTS = ["bench/gcs.py", "bench/tracing.py"]
 PREFIX = "bench"
 ENDPOINT = "bench/sink"
+HANGING = "bench/hang"  # the isolation figure's endpoint that answers late
 BODY_BYTES = 1024
 CONNECTIONS = 64
 PINNED = (os.cpu_count() or 1) >= 2
@@ -170,6 +174,7 @@ class Bench:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.sink_port = free_port()
+        self.hang_port = free_port()
         self.key = new_key()
         self.concurrency = load_config().concurrency  # HOOKLINE_CONCURRENCY applies to both
         self.stream = f"{PREFIX}:stream:default"
@@ -193,12 +198,13 @@ class Bench:
             "url": f"http://127.0.0.1:{self.sink_port}/hook",
             "forwardHeaders": ["x-event-type"],
         }
-        endpoint = endpoint_from_spec(
-            ENDPOINT, spec, [self.key], [SigningSecret(new_secret())], config
-        )
+        # Its timeout outlasts the hang: every request to it is answered, late.
+        hang = {"url": f"http://127.0.0.1:{self.hang_port}/hook", "timeoutSeconds": 60}
         client = redis_client(Config(redis_url=self.redis_url))
         try:
-            await Registry(client, PREFIX).put(endpoint)
+            for name, key, s in ((ENDPOINT, self.key, spec), (HANGING, new_key(), hang)):
+                endpoint = endpoint_from_spec(name, s, [key], [SigningSecret(new_secret())], config)
+                await Registry(client, PREFIX).put(endpoint)
         finally:
             await client.aclose()
 
@@ -223,7 +229,12 @@ class Bench:
         return int(self.redis.xlen(self.stream))  # type: ignore[arg-type]  # sync client
 
     def clear_queue(self) -> None:
-        self.redis.delete(self.stream, f"{PREFIX}:stats:{ENDPOINT}")
+        keys = [f"{PREFIX}:{kind}:default" for kind in ("stream", "retry", "retrydata")]
+        self.redis.delete(*keys, *(f"{PREFIX}:stats:{ep}" for ep in (ENDPOINT, HANGING)))
+
+    def delivered(self, endpoint: str = ENDPOINT) -> int:
+        got = self.redis.hget(f"{PREFIX}:stats:{endpoint}", "delivered")
+        return int(got or 0)  # type: ignore[arg-type]  # sync client
 
     @contextlib.contextmanager
     def profiled(
@@ -294,10 +305,13 @@ class Bench:
 
     # -- delivery
 
-    def sink(self, record: Path | None = None, cpu: str | None = LOAD_CPU) -> subprocess.Popen[str]:
-        argv = [PY, "bench/sink.py", "--port", str(self.sink_port)]
+    def sink(
+        self, record: Path | None = None, cpu: str | None = LOAD_CPU, hang: float = 0.0
+    ) -> subprocess.Popen[str]:
+        port = self.hang_port if hang else self.sink_port
+        argv = [PY, "bench/sink.py", "--port", str(port), "--hang", str(hang)]
         proc = self.procs.start(argv + (["--record", str(record)] if record else []), cpu)
-        wait_until(lambda: listening(self.sink_port), 15, "the sink")
+        wait_until(lambda: listening(port), 15, "the sink")
         return proc
 
     def sink_rate(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -309,7 +323,8 @@ class Bench:
         stats["sink_cpu"] = cpu / seconds if seconds > 0 else 0.0
         return stats
 
-    async def _preload(self, count: int) -> None:
+    async def _preload(self, count: int, endpoints: tuple[str, ...] = (ENDPOINT,)) -> None:
+        """Enqueue ``count`` webhooks, taking ``endpoints`` in turn."""
         client = redis_client(Config(redis_url=self.redis_url))
         queue = Queue(client, PREFIX)
         payload = body()
@@ -322,14 +337,14 @@ class Bench:
                             "default",
                             Webhook(
                                 id=new_id(),
-                                endpoint=ENDPOINT,
+                                endpoint=endpoints[i % len(endpoints)],
                                 headers=headers,
                                 body=payload,
                                 size=len(payload),
                                 created_ms=int(time.time() * 1000),
                             ),
                         )
-                        for _ in range(min(5000, count - start))
+                        for i in range(start, min(start + 5000, count))
                     )
                 )
         finally:
@@ -394,6 +409,58 @@ class Bench:
                 webhooks=self.args.delivery_count,
                 concurrency=self.concurrency,
                 sink_cpu_max=round(sink_cpu, 2),
+            )
+        )
+
+    # -- isolation
+
+    def isolation_once(self, hanging: bool) -> dict[str, Any]:
+        """One dispatcher drains ``--isolation-count`` webhooks for the healthy sink — with
+        as many for the hanging endpoint interleaved when ``hanging`` — and the healthy
+        sink's rate is taken from its first to its last receipt."""
+        count = self.args.isolation_count
+        self.clear_queue()
+        sink = self.sink()
+        late = self.sink(hang=self.args.hang) if hanging else None
+        try:
+            endpoints = (ENDPOINT, HANGING) if hanging else (ENDPOINT,)
+            asyncio.run(self._preload(count * len(endpoints), endpoints))
+            proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
+            try:
+                with self.profiled(proc, f"isolation-{len(endpoints)}", 6, after=2):
+                    cpu, start = cpu_seconds(proc.pid), time.monotonic()
+                    wait_until(lambda: self.delivered() >= count, 180, "the healthy deliveries")
+                    cpu, wall = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
+                hang_delivered = self.delivered(HANGING)
+            finally:
+                self.procs.stop(proc)
+        finally:
+            stats = self.sink_rate(sink)
+            if late is not None:
+                self.procs.stop(late)
+        stats["cpu"] = cpu / wall
+        stats["dispatcher_cpu_us_per_webhook"] = round(cpu / count * 1e6, 1)
+        stats["hanging_delivered"] = hang_delivered
+        log(f"isolation {'beside hanging' if hanging else 'alone'}: {stats['rate']:.0f}/s {stats}")
+        if stats["received"] < count:
+            raise RuntimeError(f"the sink got {stats['received']} of {count} webhooks")
+        return stats
+
+    def isolation(self) -> None:
+        runs: dict[str, list[dict[str, Any]]] = {"alone": [], "beside": []}
+        for _ in range(self.args.rounds):
+            runs["alone"].append(self.isolation_once(False))
+            runs["beside"].append(self.isolation_once(True))
+        emit(
+            compare(
+                "isolation",
+                runs["beside"],
+                runs["alone"],
+                ">= 0.9",
+                webhooks=self.args.isolation_count,
+                hang_seconds=self.args.hang,
+                cpu_us_alone=min(r["dispatcher_cpu_us_per_webhook"] for r in runs["alone"]),
+                cpu_us_beside=min(r["dispatcher_cpu_us_per_webhook"] for r in runs["beside"]),
             )
         )
 
@@ -498,14 +565,16 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per ingest run")
     p.add_argument("--rounds", type=int, default=3, help="baseline/hookline pairs per figure")
     p.add_argument("--delivery-count", type=int, default=30_000, help="webhooks per drain")
+    p.add_argument("--isolation-count", type=int, default=30_000, help="healthy webhooks per drain")
+    p.add_argument("--hang", type=float, default=10.0, help="the hanging endpoint's delay, s")
     p.add_argument("--e2e-rate", type=float, default=1000.0, help="offered webhooks/s")
     p.add_argument("--e2e-duration", type=float, default=10.0)
     p.add_argument("--aof", action="store_true", help="Redis with AOF, fsync every second")
     p.add_argument(
         "--only",
         nargs="*",
-        choices=["ingest", "delivery", "e2e", "extra"],
-        default=["ingest", "delivery", "e2e", "extra"],
+        choices=["ingest", "delivery", "e2e", "isolation", "extra"],
+        default=["ingest", "delivery", "e2e", "isolation", "extra"],
         help="which parts to run (extra: the EXTRA_SCRIPTS)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy the process under test into DIR")
@@ -528,7 +597,7 @@ def main() -> int:
         try:
             bench.start_redis()
             asyncio.run(bench.register())
-            for name in ("ingest", "delivery", "e2e"):
+            for name in ("ingest", "delivery", "e2e", "isolation"):
                 if name in args.only:
                     getattr(bench, name)()
         finally:

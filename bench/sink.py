@@ -6,6 +6,8 @@ a delivery figure: it is a bare ``asyncio.Protocol`` that splits requests by
 objects. On SIGTERM it prints one JSON line — requests received and the
 monotonic times (ns) of the first and last — and, with ``--record FILE``,
 writes ``webhook-id<TAB>receipt ns`` per request for the end-to-end latency.
+With ``--hang SECONDS`` it answers each request that many seconds late (the
+hanging endpoint of the isolation figure).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r
 
 
 class Stats:
-    def __init__(self, record: bool) -> None:
+    def __init__(self, record: bool, hang: float = 0.0) -> None:
+        self.hang = hang
         self.count = 0
         self.first = 0
         self.last = 0
@@ -79,8 +82,15 @@ class SinkProtocol(asyncio.Protocol):
             if stats.record:
                 stats.receipts.append((_header(head, b"webhook-id") or b"-", now))
         self.buf = buf
-        if answers:
+        if answers and self.stats.hang:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.stats.hang, self._answer, ANSWER * answers)
+        elif answers:
             self.transport.write(ANSWER * answers)
+
+    def _answer(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
 
 async def serve(port: int, stats: Stats) -> None:
@@ -100,8 +110,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--record", help="file for one 'webhook-id<TAB>receipt ns' line per request")
+    p.add_argument("--hang", type=float, default=0.0, help="answer this many seconds late")
     args = p.parse_args()
-    stats = Stats(record=bool(args.record))
+    stats = Stats(record=bool(args.record), hang=args.hang)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.port, stats))
     if args.record:
