@@ -335,3 +335,9 @@ async def eventually(
             return
         await asyncio.sleep(interval)
     pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
