@@ -153,11 +153,16 @@ async def test_a_hanging_endpoint_slows_a_healthy_one_by_less_than_ten_percent(
     print(
         "\nhealthy deliveries per dispatcher CPU second, alone / beside the hanging endpoint: "
         + ", ".join(f"{1 / a.cpu_per_delivery:.0f}/{1 / b.cpu_per_delivery:.0f}" for a, b in rounds)
-        + f"; ratios {[round(r, 3) for r in ratios]}"
+        + f"; ratios {[round(r, 3) for r in ratios]}; wall seconds "
+        + ", ".join(f"{a.seconds:.2f}/{b.seconds:.2f}" for a, b in rounds)
     )
     assert statistics.median(ratios) > 0.9, ratios
     for _, beside in rounds:
-        # The hanging endpoint held only its per-process cap of workers, and the healthy
-        # backlog was delivered while every one of those requests was still open.
+        # The hanging endpoint held only its per-process cap of workers.
         assert 1 <= beside.hanging.max_concurrent <= config.endpoint_concurrency
-        assert beside.seconds < HANG
+    # Nor did its webhooks wait on those workers: had they held a worker each until the
+    # hang ended, the healthy backlog beside them would take HANG seconds or more, several
+    # times the drain alone. Wall time is compared round by round (the machine's speed
+    # drifts) and the median round decides, as for the CPU rate.
+    slowdowns = [beside.seconds / alone.seconds for alone, beside in rounds]
+    assert statistics.median(slowdowns) < 2, slowdowns
