@@ -6,8 +6,12 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 # Pin the process under test and its load generator to different cores when there are two.
 PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
@@ -23,11 +27,75 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if PINNED else argv
 
 
-def wait_until(check: Callable[[], object], seconds: float, what: str) -> None:
+def wait_until(
+    check: Callable[[], object],
+    seconds: float,
+    what: str,
+    errors: tuple[type[Exception], ...] = (OSError,),
+) -> None:
+    """Poll ``check`` until it returns something true; ``errors`` it raises count as no."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(*errors):
             if check():
                 return
         time.sleep(0.05)
     raise SystemExit(f"bench: {what} did not happen within {seconds} s")
+
+
+SUT_CPU, LOAD_CPU = "0", "1"  # the process under test / everything else
+
+
+class Backends:
+    """A private redis-server and the processes a script starts, their output in ``folder``;
+    :meth:`stop_all` stops every one of them, last started first."""
+
+    script = "bench"
+    stop_timeout = 20.0  # seconds a process gets after SIGTERM
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_port = free_port()
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Any:
+        with open(self.folder / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def start_redis(self) -> None:
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise SystemExit(f"{self.script}: redis-server is not installed (make deps)")
+        args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.folder)]
+        self.spawn(pinned(LOAD_CPU, [redis, *args]), "redis")
+        wait_until(self._redis_answers, 10, "redis-server")
+
+    def _redis_answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.redis_port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def start_hookline(self, role: str, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """``hookline ROLE`` on the process-under-test core, with ``env`` as its environment."""
+        argv = pinned(SUT_CPU, [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING"])
+        return self.spawn([*argv, role], name, env)  # type: ignore[no-any-return]
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)

@@ -30,8 +30,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +43,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from common import PINNED, free_port, pinned, wait_until  # bench/ is the script's folder
+from common import (  # bench/ is the script's folder
+    LOAD_CPU,
+    PINNED,
+    Backends,
+    free_port,
+    pinned,
+    wait_until,
+)
 from hookline.cli import redis_client
 from hookline.config import Config, KiB, MiB
 from hookline.manifests import new_key
@@ -57,7 +62,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "benchgcs"
 BUCKET = "hookline-bench"
 ENDPOINT = "bench/gcs-sink"
-SUT_CPU, LOAD_CPU = "0", "1"
 RELAY_BYTES = 100 * MiB
 INGEST_BYTES = 256 * KiB
 RSS_TARGET_MIB = 32
@@ -74,57 +78,36 @@ def emit(name: str, value: float, unit: str, **extra: Any) -> None:
 # -- peers
 
 
-class Peers:
+class Peers(Backends):
     """redis-server, fake-gcs-server and the hookline processes; all stopped on exit."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.redis_port = free_port()
-        self.gcs_port = free_port()
+    script = "bench/gcs"
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.gcs_port = free_port()
 
     @property
     def gcs_url(self) -> str:
         return f"http://127.0.0.1:{self.gcs_port}"
 
-    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Any:
-        with open(self.folder / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(proc)
-        return proc
-
     def start_backends(self) -> None:
-        redis = shutil.which("redis-server")
-        if redis is None:
-            raise SystemExit("bench/gcs: redis-server is not installed (make deps)")
         bin_dir = Path(os.environ.get("HOOKLINE_BIN_DIR", ROOT / ".cache" / "bin"))
         gcs = bin_dir / "fake-gcs-server"
         if not os.access(gcs, os.X_OK):
             raise SystemExit(f"bench/gcs: {gcs} is missing: run `make tools`")
-        redis_args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        redis_args += ["--appendonly", "no", "--dir", str(self.folder)]
-        self.spawn(pinned(LOAD_CPU, [redis, *redis_args]), "redis")
+        self.start_redis()
         gcs_args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(self.gcs_port)]
         gcs_args += ["-backend", "memory", "-log-level", "error"]
         self.spawn(pinned(LOAD_CPU, [str(gcs), *gcs_args]), "fake-gcs-server")
         wait_until(lambda: self._gcs("GET", "/storage/v1/b") is not None, 10, "fake-gcs-server")
         self._gcs("POST", "/storage/v1/b?project=bench", {"name": BUCKET})
-        wait_until(self._redis_answers, 10, "redis-server")
 
     def _gcs(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.gcs_url + path, data=data, method=method)
         with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read() or b"{}")
-
-    def _redis_answers(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.redis_port), 0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
 
     def hookline(self, role: str, name: str, **settings: Any) -> subprocess.Popen[bytes]:
         env = {
@@ -139,21 +122,7 @@ class Peers:
             "STORAGE_EMULATOR_HOST": self.gcs_url,
         }
         env.update({f"HOOKLINE_{k.upper()}": str(v) for k, v in settings.items()})
-        argv = pinned(SUT_CPU, [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING"])
-        return self.spawn([*argv, role], name, env)  # type: ignore[no-any-return]
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
+        return self.start_hookline(role, name, env)
 
 
 def receiver_ready(port: int) -> bool:

@@ -42,6 +42,8 @@ from typing import Any
 
 import redis
 
+from common import LOAD_CPU, PINNED, SUT_CPU, free_port  # bench/ is the script's folder
+from common import wait_until as _wait_until
 from hookline.cli import redis_client
 from hookline.config import Config
 from hookline.config import load as load_config
@@ -60,8 +62,6 @@ ENDPOINT = "bench/sink"
 HANGING = "bench/hang"  # the isolation figure's endpoint that answers late
 BODY_BYTES = 1024
 CONNECTIONS = 64
-PINNED = (os.cpu_count() or 1) >= 2
-SUT_CPU, LOAD_CPU = "0", "1"  # the process under test / everything else
 
 
 def log(message: str) -> None:
@@ -70,13 +70,6 @@ def log(message: str) -> None:
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def body(size: int = BODY_BYTES) -> bytes:
@@ -129,16 +122,8 @@ class Procs:
             self.stop(proc, 10)
 
 
-def wait_until(
-    check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, redis.RedisError):
-            if check():
-                return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+def wait_until(check: Callable[[], object], seconds: float, what: str) -> None:
+    _wait_until(check, seconds, what, (OSError, redis.RedisError))
 
 
 def listening(port: int) -> bool:

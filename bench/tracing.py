@@ -41,7 +41,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,14 @@ sys.path.insert(0, str(ROOT))  # for tests.tracing.jaeger, the Jaeger the tests 
 
 from tests.tracing.jaeger import JaegerServer  # noqa: E402
 
-from common import PINNED, free_port, pinned, wait_until  # noqa: E402 (bench/ is on sys.path)
+from common import (  # noqa: E402 (bench/ is on sys.path)
+    LOAD_CPU,
+    PINNED,
+    Backends,
+    free_port,
+    pinned,
+    wait_until,
+)
 from hookline.cli import redis_client  # noqa: E402
 from hookline.config import Config  # noqa: E402
 from hookline.manifests import new_key  # noqa: E402
@@ -66,7 +72,6 @@ from hookline.registry import Registry  # noqa: E402
 from hookline.signing import new_secret  # noqa: E402
 
 PREFIX = "benchtrace"
-SUT_CPU, LOAD_CPU = "0", "1"
 BODY = json.dumps({"type": "bench.event", "data": "x" * 460}).encode()[:512]
 TARGET = 0.85
 VARIANTS = ("plain", "traced")
@@ -109,42 +114,22 @@ def order(n: int) -> tuple[str, str]:
     return VARIANTS if n % 2 else VARIANTS[::-1]
 
 
-class Peers:
+class Peers(Backends):
     """redis-server, Jaeger and the hookline processes; all stopped on exit."""
 
+    script = "bench/tracing"
+    stop_timeout = 30.0
+
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.redis_port = free_port()
+        super().__init__(folder)
         wrap = tuple(pinned(LOAD_CPU, []))
         self.jaeger = JaegerServer(folder / "jaeger", metrics=True, wrap=wrap)
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Any:
-        with open(self.folder / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(proc)
-        return proc
-
     def start_backends(self) -> None:
-        redis = shutil.which("redis-server")
-        if redis is None:
-            raise SystemExit("bench/tracing: redis-server is not installed (make deps)")
         if shutil.which("wrk") is None:
             raise SystemExit("bench/tracing: wrk is not installed (apt-get install wrk)")
-        args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.folder)]
-        self.spawn(pinned(LOAD_CPU, [redis, *args]), "redis")
+        self.start_redis()
         self.jaeger.start()
-        wait_until(self._redis_answers, 10, "redis-server")
-
-    def _redis_answers(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.redis_port), 0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
 
     def hookline(self, role: str, variant: str, **settings: Any) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HOOKLINE_"))}
@@ -163,21 +148,10 @@ class Peers:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.jaeger.otlp_http
             env["OTEL_TRACES_SAMPLER"] = "always_on"
         env.update({f"HOOKLINE_{k.upper()}": str(v) for k, v in settings.items()})
-        argv = pinned(SUT_CPU, [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING"])
-        return self.spawn([*argv, role], f"{role}-{variant}", env)  # type: ignore[no-any-return]
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        return self.start_hookline(role, f"{role}-{variant}", env)
 
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
+        super().stop_all()
         self.jaeger.stop()
 
 
