@@ -219,38 +219,9 @@ class _Span(trace.Span):
             self._tracing._finish(self)
 
 
-class _Current:
-    """Makes a span current (its context attached) until it ends; an exception that
-    escapes marks it as an error."""
-
-    __slots__ = ("span", "token")
-
-    def __init__(self, span: trace.Span, context: Context | None) -> None:
-        self.span = span
-        self.token = otel_context.attach(trace.set_span_in_context(span, context))
-
-    def __enter__(self) -> trace.Span:
-        return self.span
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if isinstance(exc, web.HTTPException):  # an answer (aiohttp's 413, say)
-                Tracing.answered(self.span, exc.status)
-            elif exc is not None and self.span.is_recording():
-                self.span.record_exception(exc, escaped=True)
-                self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
-            self.span.end()
-        finally:
-            otel_context.detach(self.token)
-
-
 class _Ending:
-    """Ends a span on exit (for spans nothing runs inside of)."""
+    """Ends a span on exit (for spans nothing runs inside of); an exception that
+    escapes marks it as an error."""
 
     __slots__ = ("span",)
 
@@ -269,6 +240,33 @@ class _Ending:
         if exc is not None and self.span.is_recording():
             self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
         self.span.end()
+
+
+class _Current(_Ending):
+    """Makes a span current (its context attached) until it ends; an exception that
+    escapes is recorded on it as well, and an aiohttp answer (a 413, say) is an answer."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, span: trace.Span, context: Context | None) -> None:
+        super().__init__(span)
+        self.token = otel_context.attach(trace.set_span_in_context(span, context))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if isinstance(exc, web.HTTPException):
+                Tracing.answered(self.span, exc.status)
+                exc = None
+            elif exc is not None and self.span.is_recording():
+                self.span.record_exception(exc, escaped=True)
+            super().__exit__(kind, exc, tb)
+        finally:
+            otel_context.detach(self.token)
 
 
 class Tracing:
