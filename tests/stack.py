@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,7 +24,7 @@ from hookline.dispatcher import Dispatcher
 from hookline.http import serve
 from hookline.manifests import new_key
 from hookline.metrics import Metrics
-from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
+from hookline.models import Endpoint, SigningSecret, Webhook, endpoint_from_spec, new_id
 from hookline.queue import Queue
 from hookline.receiver import create_app
 from hookline.registry import Registry, RegistryCache
@@ -51,6 +52,19 @@ def test_config(redis_url: str, prefix: str, body_dir: str, **overrides: Any) ->
         registry_refresh=5.0,
     )
     return replace(base, **overrides)
+
+
+def queued(endpoint_id: str, body: bytes = b"{}") -> Webhook:
+    """A JSON webhook for ``endpoint_id`` as the receiver queues it, accepted just now;
+    tests enqueue these directly for a backlog larger than sending one by one makes."""
+    return Webhook(
+        id=new_id(),
+        endpoint=endpoint_id,
+        headers={"content-type": "application/json"},
+        body=body,
+        size=len(body),
+        created_ms=int(time.time() * 1000),
+    )
 
 
 @dataclass

@@ -16,10 +16,10 @@ from standardwebhooks.webhooks import hmac_data
 from hookline.config import Config
 from hookline.dispatcher.policy import parse_retry_after
 from hookline.manifests import new_key
-from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id
+from hookline.models import SigningSecret, endpoint_from_spec
 from hookline.signing import new_secret
 from tests.peers import Endpoint, eventually, fail_then_ok, slow, status
-from tests.stack import Stack
+from tests.stack import Stack, queued
 
 
 async def test_deliveries_verify_with_the_standardwebhooks_package(
@@ -128,17 +128,7 @@ async def test_a_burst_beyond_the_local_cap_of_a_fast_endpoint_waits_for_slots(
             return await stack.redis.hget(stack.queue.stats_key(ep.id), "delivered") == b"1"
 
         await eventually(recorded, 5, "the first delivery to be recorded")
-        burst = [
-            Webhook(
-                id=new_id(),
-                endpoint=ep.id,
-                headers={"content-type": "application/json"},
-                body=b"{}",
-                size=2,
-                created_ms=int(time.time() * 1000),
-            )
-            for _ in range(20)
-        ]
+        burst = [queued(ep.id) for _ in range(20)]
         await asyncio.gather(*(stack.queue.enqueue(config.pool, w) for w in burst))
         ids = {w.id for w in burst}
         await endpoint.wait_for(lambda: ids <= set(endpoint.ids()), 30, "the burst")

@@ -30,9 +30,9 @@ import pytest
 
 from hookline.config import Config
 from hookline.models import Endpoint as Registered
-from hookline.models import Webhook, new_id
+from hookline.models import Webhook
 from tests.peers import Endpoint, cpu_seconds, eventually, free_port, slow
-from tests.stack import Stack
+from tests.stack import Stack, queued
 
 HANG = 10.0  # seconds the hanging endpoint takes to answer
 BACKLOG = 3000  # webhooks for the healthy endpoint per round
@@ -101,14 +101,7 @@ class Side:
 
     def backlog(self) -> list[Webhook]:
         return [
-            Webhook(
-                id=new_id(),
-                endpoint=self.endpoints[i % len(self.endpoints)].id,
-                headers={"content-type": "application/json"},
-                body=b'{"type":"isolation"}',
-                size=20,
-                created_ms=int(time.time() * 1000),
-            )
+            queued(self.endpoints[i % len(self.endpoints)].id, b'{"type":"isolation"}')
             for i in range(BACKLOG * len(self.endpoints))
         ]
 
