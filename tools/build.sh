@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real peers the tests start (kube-apiserver, etcd, kubectl, helm,
-# jaeger, fake-gcs-server) from the Go modules pinned beside this script, into
+# jaeger, fake-gcs-server, and the node tier's kubelet, kube-controller-manager,
+# kube-scheduler, kube-proxy and coredns) from the Go modules pinned beside this script, into
 # .cache/bin/. A binary already there is kept; `make tools` calls this script.
 # Usage: tools/build.sh [NAME ...]   (default: every binary)
 set -euo pipefail
@@ -39,13 +40,18 @@ build() {  # name module-dir package [ldflags]
   ln -sf "$target" "$bin/$name"
 }
 
-want=${*:-fake-gcs-server etcd kubectl kube-apiserver helm jaeger}
+all="fake-gcs-server etcd kubectl kube-apiserver helm jaeger"
+all+=" kubelet kube-controller-manager kube-scheduler kube-proxy coredns"
+want=${*:-$all}
 for name in $want; do
   case $name in
     fake-gcs-server) build fake-gcs-server gcs github.com/fsouza/fake-gcs-server ;;
     etcd)            build etcd kube go.etcd.io/etcd/server/v3 ;;
     kubectl)         build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kube_ldflags" ;;
     kube-apiserver)  build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags" ;;
+    kubelet|kube-controller-manager|kube-scheduler|kube-proxy)
+                     build "$name" kube "k8s.io/kubernetes/cmd/$name" "$kube_ldflags" ;;
+    coredns)         build coredns coredns hookline.dev/tools/coredns ;;
     helm)            build helm helm helm.sh/helm/v3/cmd/helm ;;
     jaeger)          build jaeger jaeger github.com/jaegertracing/jaeger/cmd/jaeger ;;
     *) echo "tools: unknown binary $name" >&2; exit 2 ;;
