@@ -7,21 +7,32 @@
 # Stage 1 installs hookline and its dependencies into a virtualenv (every dependency
 # ships wheels, so no compiler is needed even here); stage 2 is a clean slim Python with
 # that virtualenv and an unprivileged user, and nothing else: no pip, no build tools.
+#
+# BASE_IMAGE is the Python both stages start from: the official slim image by default.
+# `make image` (tools/image.sh) builds without any registry: it passes a Debian bookworm
+# base made with mmdebstrap (--build-arg BASE_IMAGE=localhost/hookline-base:bookworm) and
+# a CA bundle for pip as the build secret `pipca`, which reaches the pip step only.
 
-FROM python:3.11-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/hookline
+RUN python3 -m venv /opt/hookline
 COPY pyproject.toml ./
 COPY src/ src/
-# Bytecode is compiled here: the root filesystem is read-only at run time.
-RUN /opt/hookline/bin/pip install --compile . \
+# Bytecode is compiled here: the root filesystem is read-only at run time. A CA bundle
+# given as the build secret `pipca` (a TLS-intercepting proxy's) is used by this step only
+# and is never written to a layer; without it pip uses its own.
+RUN --mount=type=secret,id=pipca \
+    if [ -f /run/secrets/pipca ]; then export PIP_CERT=/run/secrets/pipca; fi \
+ && /opt/hookline/bin/pip install --compile . \
  && /opt/hookline/bin/pip uninstall --yes pip setuptools \
  && /opt/hookline/bin/hookline --help > /dev/null
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="hookline" \
       org.opencontainers.image.description="A Kubernetes-native webhook relay" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: dev test test-fast bench lint typecheck tools deps system-deps clean
+.PHONY: dev test test-fast bench lint typecheck tools image deps system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,15 +13,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
+## the node tier's container runtime and image builders (gcc and libc6-dev: the static pause binary)
+NODE_PKGS := containerd runc containernetworking-plugins iptables conntrack mmdebstrap buildah gcc libc6-dev
+
 system-deps:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@missing=$$(for p in $(NODE_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q '^install ok installed$$' || echo $$p; done); \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
 
 deps: system-deps $(STAMP)
 
 ## the real peers the tests start (kube-apiserver, etcd, kubectl, helm, jaeger, fake-gcs-server)
 tools:
 	tools/build.sh
+
+## the node tier's images as docker-archive tarballs in .cache/images (images.json), built with buildah
+image: system-deps
+	tools/build.sh jaeger
+	$(SUDO) tools/image.sh
 
 ## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: traces over OTLP, docs/tracing.md)
 dev: deps

@@ -1,6 +1,7 @@
-"""The container image, checked without a container engine (none runs here): the
-Dockerfile passes hadolint, its final stage is what the chart's pod security expects, the
-files it copies exist and reach the build context, and the commands it runs exist and run."""
+"""The container image, checked without a container engine (`make image` builds it for
+real with buildah, tools/image.sh): the Dockerfile passes hadolint, its final stage is what
+the chart's pod security expects, the files it copies exist and reach the build context,
+and the commands it runs exist and run."""
 
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def instructions(path: Path) -> list[Instruction]:
     return out
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs declared before the first FROM (the only ones a FROM line can use), with
+    their defaults."""
+    out: dict[str, str] = {}
+    for ins in instructions(path):
+        if ins.keyword == "FROM":
+            break
+        if ins.keyword == "ARG":
+            name, _, default = ins.args.partition("=")
+            out[name] = default
+    return out
+
+
 def stages(path: Path) -> list[list[Instruction]]:
     result: list[list[Instruction]] = []
     for ins in instructions(path):
@@ -82,8 +96,15 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_image_is_multi_stage_on_slim_python_311() -> None:
     all_stages = stages(DOCKERFILE)
     assert len(all_stages) >= 2, "the build stage keeps pip and build tools out of the image"
-    base = all_stages[-1][0].args.split()[0]
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
+    # Both stages start from BASE_IMAGE, whose default is the official slim Python 3.11;
+    # tools/image.sh passes a Debian bookworm one (python3 3.11) built without a registry.
+    default = global_args(DOCKERFILE).get("BASE_IMAGE", "")
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", default), default
+    for stage in all_stages:
+        base = stage[0].args.split()[0]
+        assert base in ("${BASE_IMAGE}", "$BASE_IMAGE"), base
+    # `make image` builds it on the base it makes (tools/image.sh).
+    assert '--build-arg "BASE_IMAGE=$base_ref"' in (REPO / "tools" / "image.sh").read_text()
     # The final stage takes only the installed virtualenv from the build stage.
     copies = [i.args for i in final_stage() if i.keyword in ("COPY", "ADD")]
     assert copies == ["--from=build /opt/hookline /opt/hookline"], copies
@@ -106,6 +127,26 @@ def test_final_stage_has_no_build_tools() -> None:
         assert tool not in runs, f"the final stage runs {tool!r}"
     build_runs = " ".join(i.args for i in stages(DOCKERFILE)[0] if i.keyword == "RUN")
     assert "pip uninstall --yes pip" in build_runs, "pip would ship inside the virtualenv"
+
+
+def test_build_uses_python3_and_takes_the_pip_ca_only_as_a_secret() -> None:
+    build = stages(DOCKERFILE)[0]
+    runs = [i.args for i in build if i.keyword == "RUN"]
+    # Debian's python3 has no `python` name (minbase); the slim image has both.
+    assert not any(re.search(r"(^|\s|&&)python\s", r) for r in runs), runs
+    assert any(r.startswith("python3 -m venv /opt/hookline") for r in runs), runs
+    pip_runs = [r for r in runs if "pip install" in r]
+    assert len(pip_runs) == 1, pip_runs
+    # The CA bundle is a secret mount of the pip step, used only when given: a build
+    # without the secret (a machine that reaches PyPI directly) still works.
+    assert pip_runs[0].startswith("--mount=type=secret,id=pipca "), pip_runs[0]
+    use_if_given = "if [ -f /run/secrets/pipca ]; then export PIP_CERT=/run/secrets/pipca; fi"
+    assert use_if_given in pip_runs[0], pip_runs[0]
+    # ... and nowhere else: not in an ENV, an ARG, a COPY or any other step.
+    for ins in instructions(DOCKERFILE):
+        if ins.args != pip_runs[0]:
+            for word in ("pipca", "PIP_CERT", "ca-certificates.crt", "/run/secrets"):
+                assert word not in ins.args, f"{ins.keyword} {ins.args}"
 
 
 def test_entry_point_is_the_hookline_command() -> None:
