@@ -105,7 +105,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-
 hash_of() { sha256sum | cut -c1-16; }
 script_sum=$(hash_of <"$0")
 human() { numfmt --to=iec --suffix=B "$1"; }
@@ -161,7 +160,12 @@ smoke() {
   local ref=$1 user=$2 c
   shift 2
   c=$(buildah from --pull-never --name "hookline-smoke-$$" "$ref")
-  buildah run --network none --user "$user" "$c" -- "$@" >/dev/null
+  local log
+  if ! log=$(buildah run --network none --user "$user" "$c" -- "$@" 2>&1); then
+    echo "$log" >&2
+    echo "image: check failed in $ref as $user: $*" >&2
+    exit 1
+  fi
   buildah rm "$c" >/dev/null
 }
 
@@ -208,6 +212,12 @@ base_image() {
     --label org.opencontainers.image.description="Debian $suite minbase with python3 (mmdebstrap)" "$c"
   buildah commit --quiet --rm "$c" "$base_ref" >/dev/null
   buildah tag "$base_ref" "localhost/hookline-base:$base_key"
+  # Bases of older root filesystems go (their layers with the final prune).
+  local old
+  for old in $(buildah images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/hookline-base:' |
+    grep -v -e ":$suite\$" -e ":$base_key\$"); do
+    buildah rmi "$old" >/dev/null
+  done
 }
 
 # --- hookline: the project's Dockerfile on that base ---------------------------------
@@ -298,6 +308,7 @@ build_pause() {
     --label org.opencontainers.image.title=pause "$c"
   buildah commit --quiet --rm "$c" "$1" >/dev/null
 }
+check_pause() { smoke "$1" 65535:65535 /pause --version; }
 pause_image() {
   local key
   key=$({ echo "$script_sum"; gcc --version | head -1; dpkg-query -W libc6-dev; cat "$here/pause/pause.c"; } | hash_of)
@@ -315,6 +326,10 @@ build_jaeger() {
   tar -xOf "$base_tar" ./etc/ssl/certs/ca-certificates.crt >"$root/etc/ssl/certs/ca-certificates.crt"
   printf 'root:x:0:0:root:/root:/sbin/nologin\njaeger:x:10001:10001:jaeger:/tmp:/sbin/nologin\n' >"$root/etc/passwd"
   printf 'root:x:0:\njaeger:x:10001:\n' >"$root/etc/group"
+  # `localhost` resolves from files (its default config binds localhost:8888); a pod's
+  # /etc/hosts is the kubelet's, mounted over this one.
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+  printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
   tarball "$root" "$work/jaeger.tar"
   c=$(buildah from --name "hookline-jaeger-$$" scratch)
   buildah add --quiet "$c" "$work/jaeger.tar" / >/dev/null
@@ -323,6 +338,7 @@ build_jaeger() {
     --label org.opencontainers.image.title=jaeger "$c"
   buildah commit --quiet --rm "$c" "$1" >/dev/null
 }
+check_jaeger() { smoke "$1" 10001:10001 /jaeger components; }
 jaeger_image() {
   jaeger_bin=$repo/.cache/bin/jaeger
   if [ ! -x "$jaeger_bin" ]; then
@@ -346,18 +362,19 @@ for name in $want; do
 done
 
 # Names, refs and archives for the tests; entries of images not built in this run stay.
-python3 - "$out/images.json" <<EOF
+entries=()
+for n in "${!refs[@]}"; do entries+=("$n" "${refs[$n]}" "${archives[$n]}" "${keys[$n]}"); done
+python3 - "$out/images.json" "${entries[@]}" <<'EOF'
 import json, os, sys
-path = sys.argv[1]
+path, fields = sys.argv[1], sys.argv[2:]
 try:
     with open(path) as f:
         images = json.load(f)
 except (OSError, ValueError):
     images = {}
-for line in """$(for n in "${!refs[@]}"; do echo "$n ${refs[$n]} ${archives[$n]} ${keys[$n]}"; done)""".split("\n"):
-    if line:
-        name, ref, archive, key = line.split(" ")
-        images[name] = {"ref": ref, "archive": archive, "key": key}
+for i in range(0, len(fields), 4):
+    name, ref, archive, key = fields[i : i + 4]
+    images[name] = {"ref": ref, "archive": archive, "key": key}
 images = {n: v for n, v in sorted(images.items()) if os.path.exists(v["archive"])}
 with open(path + ".tmp", "w") as f:
     json.dump(images, f, indent=2)
