@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,8 +153,27 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
         if name == "allow_cidrs":
             return tuple(ipaddress.ip_network(c.strip()) for c in raw.split(",") if c.strip())
     except ValueError as exc:
-        raise InvalidSpec(f"HOOKLINE_{name.upper()}={raw!r}: {exc}") from exc
+        raise InvalidSpec(
+            f"HOOKLINE_{name.upper()}={raw!r}: {exc}{_service_link(name, raw)}"
+        ) from exc
     raise InvalidSpec(f"HOOKLINE_{name.upper()}: unsupported setting type {kind!r}")
+
+
+# What the kubelet sets for every Service of the namespace when a pod spec leaves
+# enableServiceLinks on: NAME_PORT=tcp://10.0.0.204:80 for a Service "name".
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://\S+:\d+")
+
+
+def _service_link(name: str, raw: str) -> str:
+    """The likely cause of a bad value that is a Kubernetes service-link variable."""
+    if not _SERVICE_LINK.fullmatch(raw.strip()):
+        return ""
+    service = f"hookline-{name}".removesuffix("_port").replace("_", "-")
+    return (
+        f" — this is the kind of value the kubelet sets for a Service named {service!r}"
+        " (docker-style service links); set enableServiceLinks: false in the pod spec"
+        " (the Helm chart does) or rename the Service"
+    )
 
 
 _SWITCH = {

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import yaml
 from hookline import cli
 from hookline import config as config_mod
 from hookline.config import Config
+from hookline.errors import InvalidSpec
 from hookline.models import key_hash
 from hookline.registry import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
@@ -179,6 +181,62 @@ def test_pods_run_the_image_commands_with_a_valid_configuration(
         assert port == getattr(loaded, f"{component}_port"), name
         if component == "dispatcher":
             assert loaded.pool == deployment["metadata"]["annotations"]["hookline.dev/pool"]
+
+
+def pod_specs(doc: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every pod spec in a rendered object, wherever it sits (a Deployment's template, a
+    Job's, a CronJob's, a bare Pod): the mappings that hold ``containers``."""
+    if isinstance(doc, dict):
+        if "containers" in doc:
+            yield where, doc
+        for k, v in doc.items():
+            yield from pod_specs(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from pod_specs(v, f"{where}[{i}]")
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(EVERYTHING)]], ids=["defaults", "everything"])
+def test_pods_get_no_service_link_variables(offline: Helm, values: list[str]) -> None:
+    """With service links on, the kubelet gives every pod HOOKLINE_RECEIVER_PORT=tcp://IP:80
+    for the release's Service hookline-receiver, and hookline refuses to start on it (a
+    crash loop seen on a real cluster): every pod spec of the chart turns them off."""
+    docs = offline.template(*values)
+    assert "hookline-receiver" in named(docs, "Service")  # the Service that would collide
+    found = {
+        f"{d['kind']}/{d['metadata']['name']} {where}": spec
+        for d in docs
+        for where, spec in pod_specs(d)
+    }
+    assert {k.split()[0] for k in found} >= {f"Deployment/{n}" for n in DEPLOYMENTS}
+    links = {where: spec.get("enableServiceLinks") for where, spec in found.items()}
+    assert all(v is False for v in links.values()), links
+
+
+def test_a_service_link_value_stops_hookline_with_the_variable_and_the_cause() -> None:
+    """What the pod logs when a Service link reaches a setting anyway (a pod spec of one's
+    own, another chart's Service named hookline-receiver): the variable, its value, why."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKLINE_")}
+    env["HOOKLINE_RECEIVER_PORT"] = "tcp://10.0.0.204:80"
+    done = subprocess.run(
+        [sys.executable, "-m", "hookline", "receiver"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hookline: "), done.stderr
+    message = lines[0]
+    assert "HOOKLINE_RECEIVER_PORT='tcp://10.0.0.204:80'" in message
+    assert "Service named 'hookline-receiver'" in message
+    assert "enableServiceLinks: false" in message
+    # A value that is merely wrong is not blamed on service links.
+    with pytest.raises(InvalidSpec) as plain:
+        config_mod.load({"HOOKLINE_RECEIVER_PORT": "eighty"})
+    assert "HOOKLINE_RECEIVER_PORT='eighty'" in str(plain.value)
+    assert "enableServiceLinks" not in str(plain.value)
 
 
 def test_default_values_render_the_three_components(offline: Helm) -> None:

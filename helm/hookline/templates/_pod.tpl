@@ -5,6 +5,10 @@
 {{- $v := .values -}}
 serviceAccountName: {{ .sa }}
 automountServiceAccountToken: {{ .automount }}
+{{- /* No docker-style service links: for a Service hookline-receiver the kubelet would set
+     HOOKLINE_RECEIVER_PORT=tcp://IP:80 and the like, which collide with hookline's own
+     HOOKLINE_* settings (the pods find each other through DNS, never these variables). */}}
+enableServiceLinks: false
 {{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
