@@ -133,15 +133,16 @@ class ControlPlane:
         certs = self.folder / "certs"
         certs.mkdir(exist_ok=True)
         key = self.folder / "sa.key"
-        subprocess.run(
-            [self.openssl, "genrsa", "-out", str(key), "2048"],
-            check=True,
-            capture_output=True,
-        )
+        if not key.exists():  # kept across restarts, with the serving certificate in certs/
+            subprocess.run(
+                [self.openssl, "genrsa", "-out", str(key), "2048"],
+                check=True,
+                capture_output=True,
+            )
         tokens = self.folder / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
         log = self.folder / "kube-apiserver.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             self.apiserver = subprocess.Popen(
                 [
                     self.apiserver_bin,
@@ -201,6 +202,18 @@ class ControlPlane:
         _stop(self.etcd)
         self.apiserver = self.etcd = None
 
+    def stop_apiserver(self) -> None:
+        """An API-server outage: kube-apiserver stops, etcd keeps the cluster's state."""
+        _stop(self.apiserver)
+        self.apiserver = None
+
+    def start_apiserver(self) -> None:
+        """kube-apiserver again after :meth:`stop_apiserver`: the same port, certificates,
+        keys and tokens, so clients configured before reconnect as they are."""
+        started = time.monotonic()
+        self._start_apiserver()
+        self.timings["kube-apiserver restart"] = time.monotonic() - started
+
     # -- kubectl
 
     def kubectl(
@@ -242,9 +255,15 @@ class OperatorProcess:
     """``hookline operator`` as a real process, configured by environment like in a pod."""
 
     def __init__(
-        self, cluster: ControlPlane, env: dict[str, str], log: Path, kubeconfig: Path | None = None
+        self,
+        cluster: ControlPlane,
+        env: dict[str, str],
+        log: Path,
+        kubeconfig: Path | None = None,
+        log_level: str = "INFO",
     ) -> None:
         self.cluster = cluster
+        self.log_level = log_level  # INFO as in a pod; DEBUG shows kopf's every handler run
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -259,7 +278,7 @@ class OperatorProcess:
     def start(self, seconds: float = 30) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hookline.cli", "operator"],
+                [sys.executable, "-m", "hookline.cli", "--log-level", self.log_level, "operator"],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -109,3 +112,31 @@ async def secret_value(cluster: ControlPlane, name: str, namespace: str, key: st
         "get", "secret", name, "-n", namespace, "-o", f"jsonpath={{.data.{key}}}"
     )
     return base64.b64decode(done.stdout).decode()
+
+
+def probe(op: OperatorProcess, path: str) -> tuple[int, str]:
+    """GET one of the operator's probe or metrics paths: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def until_probe(
+    op: OperatorProcess, path: str, status: int, seconds: float, what: str
+) -> dict[str, Any]:
+    """The JSON answer of ``path`` once it answers ``status``, within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    last: tuple[int, str] = (0, "")
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(probe, op, path)
+        if last[0] == status:
+            answer: dict[str, Any] = json.loads(last[1])
+            return answer
+        await asyncio.sleep(0.2)
+    pytest.fail(
+        f"{path} did not answer {status} within {seconds} s ({what}); last: {last}\n"
+        f"operator log:\n{op.tail()}",
+        pytrace=False,
+    )

@@ -128,9 +128,9 @@ async def test_peered_replicas_take_turns_and_hand_over(
         await apply(cluster, endpoint_doc("first", namespace, "https://example.com/1"))
         await registered(registry, f"{namespace}/first", replicas["high"])
         await eventually(
-            _logged(replicas["high"], "Handler 'create' succeeded"), 5, "the worker's log line"
+            _logged(replicas["high"], f"{namespace}/first: "), 5, "the worker's log line"
         )
-        assert not replicas["low"].handled("Handler 'create' succeeded")
+        assert not replicas["low"].handled(f"{namespace}/first: ")
 
         assert replicas["high"].stop() == 0
         await eventually(

@@ -625,6 +625,8 @@ def needs(
         ("list", "secrets", where),
         ("watch", "secrets", where),
         ("create", "secrets", where),
+        # adopting the generated Secrets a deleted endpoint of the same name left behind
+        ("patch", "secrets", where),
         ("create", "events", where),
         ("get", "deployments.apps", where),
         ("list", "deployments.apps", where),
@@ -653,7 +655,6 @@ def never(where: str | None, release_ns: str) -> list[tuple[str, str, str | None
         ("update", WHE, where),
         ("delete", "secrets", where),
         ("update", "secrets", where),
-        ("patch", "secrets", where),
         ("get", "configmaps", release_ns),
         ("create", "pods", release_ns),
         ("list", "nodes", None),

@@ -3,17 +3,18 @@ registry records, and the status says what happened."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from hookline.config import Config
 from hookline.models import key_hash
+from hookline.queue import Queue
 from hookline.registry import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import INTERVAL, operator_env
@@ -21,6 +22,7 @@ from tests.kubernetes.helpers import (
     apply,
     condition,
     endpoint_doc,
+    probe,
     registered,
     secret_doc,
     secret_value,
@@ -190,7 +192,7 @@ async def test_flushed_redis_is_refilled_within_one_interval(
         assert time.monotonic() - flushed < INTERVAL + 2
         # The key index came back too: a receiver finds the endpoint by its key.
         key = await secret_value(cluster, "a-key", namespace, "key")
-        assert await client.hget(registry.keys_key, key_hash(key)) == f"{namespace}/a".encode()
+        assert await client.hget(registry.keys_key, key_hash(key)) == f"{namespace}/a".encode()  # type: ignore[misc]
     finally:
         op.stop()
         await client.aclose()
@@ -226,6 +228,7 @@ async def test_restarted_operator_handles_nothing_twice(
         assert operator.stop() == 0
         resumed = len(operator.handled("Handler 'resume' succeeded"))
         ticks = len(operator.handled("Timer 'refresh' succeeded"))
+        operator.log_level = "DEBUG"  # kopf's line per handler run, to count them
         operator.start()
         # Resumed, and three timer ticks gone by: anything it would redo shows by then.
         await eventually(
@@ -239,7 +242,8 @@ async def test_restarted_operator_handles_nothing_twice(
             writes.append(msg)
     assert writes == [], "the restarted operator rewrote the registry"
     assert await registry.get(f"{namespace}/steady") == record
-    assert len(operator.handled("Handler 'create' succeeded")) == 1
+    # One line said what was done, at the creation; the restart did nothing worth a line.
+    assert len(operator.handled(f"{namespace}/steady: ")) == 1
     for kind, name, before in (
         ("secret", "steady-key", secret_before),
         ("whe", "steady", endpoint_before),
@@ -281,8 +285,8 @@ async def test_redis_down_is_reported_and_retried_until_registered(
             op,
         )
         assert condition(status, "Ready")["status"] == "False"
-        assert _probe(op, "/readyz")[0] == 503
-        assert _probe(op, "/healthz")[0] == 200  # alive: no restart for a Redis outage
+        assert probe(op, "/readyz")[0] == 503
+        assert probe(op, "/healthz")[0] == 200  # alive: no restart for a Redis outage
         own_redis.start()
         await cluster.akubectl(
             "wait", "--for=condition=Ready", "--timeout=15s", "-n", namespace, "whe/patient"
@@ -294,15 +298,149 @@ async def test_redis_down_is_reported_and_retried_until_registered(
 
 
 async def test_operator_serves_probes_and_metrics(operator: OperatorProcess) -> None:
-    assert _probe(operator, "/healthz") == (200, '{"status": "ok"}')
-    assert _probe(operator, "/readyz") == (200, '{"status": "ready"}')
-    code, text = _probe(operator, "/metrics")
+    assert probe(operator, "/healthz") == (200, '{"status": "ok"}')
+    assert probe(operator, "/readyz") == (200, '{"status": "ready"}')
+    code, text = probe(operator, "/metrics")
     assert code == 200 and "# TYPE" in text
 
 
-def _probe(op: OperatorProcess, path: str) -> tuple[int, str]:
+async def test_endpoint_applied_again_after_delete_adopts_its_generated_secrets(
+    cluster: ControlPlane, namespace: str, operator: OperatorProcess, registry: Registry
+) -> None:
+    """Delete and apply again, as GitOps tools do: the Secrets generated for the deleted
+    endpoint become the new one's (with a garbage collector they would otherwise go, owned
+    by an endpoint that no longer exists), and the key senders hold keeps working."""
+    await apply(cluster, endpoint_doc("again", namespace, URL))
+    await cluster.akubectl(
+        "wait", "--for=condition=Ready", "--timeout=10s", "-n", namespace, "whe/again"
+    )
+    first = await cluster.get("whe", "again", namespace)
+    key = await secret_value(cluster, "again-key", namespace, "key")
+    signing = await secret_value(cluster, "again-signing", namespace, "secret")
+    await cluster.akubectl("delete", "whe", "again", "-n", namespace, "--timeout=10s")
+    assert await registry.get(f"{namespace}/again") is None
+    # No garbage collector runs here: the Secrets stay, owned by the deleted endpoint, as
+    # they do on a cluster until its collector gets to them.
+
+    await apply(cluster, endpoint_doc("again", namespace, URL))
+    await cluster.akubectl(
+        "wait", "--for=condition=Ready", "--timeout=10s", "-n", namespace, "whe/again"
+    )
+    second = await cluster.get("whe", "again", namespace)
+    assert first is not None and second is not None
+    live = second["metadata"]["uid"]
+    assert live != first["metadata"]["uid"]
+    for name in ("again-key", "again-signing"):
+        secret = await cluster.get("secret", name, namespace)
+        assert secret is not None
+        owners = [(o["kind"], o["name"], o["uid"]) for o in secret["metadata"]["ownerReferences"]]
+        assert owners == [("WebhookEndpoint", "again", live)], name
+    assert await secret_value(cluster, "again-key", namespace, "key") == key
+    assert await secret_value(cluster, "again-signing", namespace, "secret") == signing
+    ep = await registered(registry, f"{namespace}/again", operator)
+    assert ep.key_hashes == (key_hash(key),)
+    assert [s.secret for s in ep.signing_secrets] == [signing]
+    adopted = operator.handled(f"{namespace}/again: Secret again-key adopted")
+    assert len(adopted) == 1 and " INFO " in adopted[0], operator.tail()
+
+
+async def test_secret_of_a_generated_name_that_hookline_did_not_make_is_left_alone(
+    cluster: ControlPlane, namespace: str, operator: OperatorProcess, registry: Registry
+) -> None:
+    """A Secret someone else made under the name hookline would generate is never changed
+    nor used: the endpoint says why it is not ready, until the Secret goes or is named."""
+    await apply(cluster, secret_doc("theirs-key", namespace, key="someone-elses-key"))
+    before = await cluster.get("secret", "theirs-key", namespace)
+    await apply(cluster, endpoint_doc("theirs", namespace, URL))
+    status = await until_status(
+        cluster,
+        "theirs",
+        namespace,
+        lambda s: condition(s, "Ready").get("reason") == "SecretConflict",
+        10,
+        "Ready=False SecretConflict",
+        operator,
+    )
+    ready = condition(status, "Ready")
+    assert ready["status"] == "False"
+    assert "'theirs-key'" in ready["message"] and "keySecretRef" in ready["message"]
+    assert await registry.get(f"{namespace}/theirs") is None
+    after = await cluster.get("secret", "theirs-key", namespace)
+    assert before is not None and after is not None
+    assert after["metadata"] == before["metadata"], "the operator changed someone else's Secret"
+
+    # Gone: hookline generates its own at once (the Secret watch), owned by the endpoint.
+    await cluster.akubectl("delete", "secret", "theirs-key", "-n", namespace)
+    await cluster.akubectl(
+        "wait", "--for=condition=Ready", "--timeout=10s", "-n", namespace, "whe/theirs"
+    )
+    key = await secret_value(cluster, "theirs-key", namespace, "key")
+    assert key != "someone-elses-key"
+    ep = await registered(registry, f"{namespace}/theirs", operator)
+    assert ep.key_hashes == (key_hash(key),)
+
+
+async def test_operator_at_rest_logs_no_line_per_tick_and_one_per_creation(
+    cluster: ControlPlane, namespace: str, config: Config, queue: Queue, tmp_path: Path
+) -> None:
+    """At 300 endpoints a line per endpoint per tick is 600 lines a minute: routine success
+    is at DEBUG, what the operator changes stays at INFO."""
+    names = [f"quiet-{i:02}" for i in range(20)]
+    op = OperatorProcess(
+        cluster,
+        operator_env(config, namespace, HOOKLINE_OPERATOR_INTERVAL="0.5"),
+        tmp_path / "operator.log",
+    )
+
+    def lines() -> list[str]:
+        return op.log.read_text(errors="replace").splitlines()
+
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{op.port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        op.start()
+        await apply(cluster, *(endpoint_doc(n, namespace, URL) for n in names))
+        await _figures(cluster, namespace, names, 0, op)
+        at_rest = len(lines())
+        # Three rounds in which every endpoint's timer must have run: a figure of each
+        # changes in Redis (as a dispatcher's delivery changes it) and reaches its status.
+        for delivered in (1, 2, 3):
+            for n in names:
+                await queue.redis.hincrby(queue.stats_key(f"{namespace}/{n}"), "delivered", 1)  # type: ignore[misc]
+            await _figures(cluster, namespace, names, delivered, op)
+        info = [ln for ln in lines()[at_rest:] if " INFO " in ln]
+        assert info == [], "\n".join(info)
+
+        created = len(lines())
+        await apply(cluster, endpoint_doc("quiet-new", namespace, URL))
+        await _figures(cluster, namespace, ["quiet-new"], 0, op)
+        info = [ln for ln in lines()[created:] if " INFO " in ln]
+        assert len(info) == 1, "\n".join(info)
+        assert f"{namespace}/quiet-new: " in info[0]
+        assert "Secret quiet-new-key generated" in info[0] and "registered" in info[0]
+    finally:
+        op.stop()
+
+
+async def _figures(
+    cluster: ControlPlane, namespace: str, names: list[str], delivered: int, op: OperatorProcess
+) -> None:
+    """Wait until every endpoint of ``names`` is Ready with ``delivered`` in its status."""
+    deadline = time.monotonic() + 30
+    behind: list[str] = names
+    while time.monotonic() < deadline:
+        done = await cluster.akubectl("get", "whe", "-n", namespace, "-o", "json")
+        status = {
+            o["metadata"]["name"]: o.get("status") or {} for o in json.loads(done.stdout)["items"]
+        }
+        behind = [
+            n
+            for n in names
+            if condition(status.get(n, {}), "Ready").get("status") != "True"
+            or status[n].get("delivered") != delivered
+        ]
+        if not behind:
+            return
+        await asyncio.sleep(0.2)
+    pytest.fail(
+        f"not Ready with delivered={delivered} after 30 s: {behind}\noperator log:\n{op.tail()}",
+        pytrace=False,
+    )

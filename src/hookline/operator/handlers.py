@@ -12,24 +12,54 @@ Built into their own ``kopf.OperatorRegistry`` by :func:`build` (called by
   signing secret signs, the previous one keeps signing for the grace period);
 * delete → the record is removed; a missing record counts as removed, so the finalizer
   goes as soon as Redis answers.
+
+What is logged: a line at INFO per change made (a Secret generated or adopted, a record
+written or removed, an endpoint enabled again), a WARNING when an endpoint stops being
+ready or a dispatcher disabled it, and kopf's own errors. Routine success — a timer tick,
+a resume or a Secret event that changed nothing, and kopf's "Handler ... succeeded" lines
+— is logged at DEBUG (:class:`RoutineAtDebug`): at 300 endpoints and a 30 s interval the
+ticks alone would be 600 lines a minute.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import secrets
+from collections.abc import Iterator
 from typing import Any, cast
 
 import kopf
 
 from hookline.config import Config
 from hookline.errors import HooklineError, InvalidSpec, StoreUnavailable
-from hookline.operator.kube import GROUP, PLURAL, VERSION, ApiUnavailable, Kube, secret_data
+from hookline.operator import status as st
+from hookline.operator.kube import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ApiUnavailable,
+    Kube,
+    SecretConflict,
+    secret_data,
+)
 from hookline.operator.reconcile import Reconciler, Resource, Result, SecretNotFound
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "hookline.dev/registry"
+
+
+class Backoffs:
+    """kopf's delays between the attempts of a failed API request: 1, 1, 2, 3 s, then every
+    5 s for as long as it fails. kopf's default (1, 1, 2, 3, 5, 8, 13, 21) gives up after
+    54 s, and a watch that gives up on a 5xx (an API server behind a load balancer, down
+    for longer than that) is never started again: the operator would live on and reconcile
+    nothing. Every 5 s also bounds how long a watch takes to come back after an outage."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1.0, 1.0, 2.0, 3.0), itertools.repeat(5.0))
 
 
 def settings(config: Config) -> kopf.OperatorSettings:
@@ -45,6 +75,7 @@ def settings(config: Config) -> kopf.OperatorSettings:
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     s.networking.request_timeout = 30
+    s.networking.error_backoffs = Backoffs()
     if config.operator_peering:
         s.peering.name = config.operator_peering
         s.peering.standalone = False
@@ -62,7 +93,9 @@ def _raise(error: HooklineError | None, config: Config) -> None:
         return
     if isinstance(error, InvalidSpec):
         raise kopf.PermanentError(str(error))
-    if isinstance(error, SecretNotFound):
+    if isinstance(error, SecretNotFound | SecretConflict):
+        # Resolved by a user (who creates, deletes or names a Secret); the Secret watch
+        # reconciles at once when that happens.
         raise kopf.TemporaryError(str(error), delay=config.operator_interval)
     raise kopf.TemporaryError(str(error), delay=min(5.0, config.operator_interval))
 
@@ -75,6 +108,7 @@ def build(config: Config, reconciler: Reconciler, kube: Kube) -> kopf.OperatorRe
             for k, v in result.status.items():
                 patch.status[k] = v
         reconciler.remember_status(res.id, result.status)
+        _log(res, result)
         if result.newly_disabled:
             kopf.warn(
                 kopf.Body(cast(kopf.RawBody, res.ref())),
@@ -113,9 +147,12 @@ def build(config: Config, reconciler: Reconciler, kube: Kube) -> kopf.OperatorRe
     async def unregister(body: kopf.Body, **_: Any) -> None:
         res = Resource.from_body(body)
         try:
-            await reconciler.forget(res)
+            removed = await reconciler.forget(res)
         except StoreUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=min(5.0, config.operator_interval)) from exc
+        log.info(
+            "%s: %s", res.id, "removed from the registry" if removed else "deleted (no record)"
+        )
 
     def referenced(namespace: str | None, name: str | None, **_: Any) -> bool:
         # Only the Secrets of known endpoints; the rest of the cluster's pass unhandled.
@@ -141,3 +178,40 @@ def build(config: Config, reconciler: Reconciler, kube: Kube) -> kopf.OperatorRe
             report(res, result, None)
 
     return registry
+
+
+def _log(res: Resource, result: Result) -> None:
+    """One line per reconciliation that changed something or changed the endpoint's state;
+    none for one that found everything as it should be."""
+    if result.changes:
+        log.info("%s: %s", res.id, "; ".join(result.changes))
+    if result.newly_disabled:
+        log.warning("%s: a dispatcher disabled it: %s", res.id, result.newly_disabled)
+    if "conditions" not in result.status:
+        return
+    before = st.condition(res.status, st.READY) or {}
+    after = st.condition(result.status, st.READY) or {}
+    if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
+        return
+    if after.get("status") == "False":
+        log.warning("%s: not ready: %s: %s", res.id, after.get("reason"), after.get("message"))
+    elif before.get("status") == "False":
+        log.info("%s: ready again", res.id)
+
+
+class RoutineAtDebug(logging.Filter):
+    """Moves kopf's per-object success lines ("Timer 'refresh' succeeded.", "Handler
+    'secrets' succeeded.", "Creation is processed: 1 succeeded; 0 failed.") from INFO to
+    DEBUG: shown with ``--log-level debug``, dropped otherwise. Installed on the
+    ``kopf.objects`` logger by :func:`hookline.operator.main.operate`; failures, retries
+    and everything else kopf says keep their level."""
+
+    ROUTINE = re.compile(
+        r"(Handler|Timer|Daemon) '[^']*' succeeded\.|\w+ is processed: \d+ succeeded; 0 failed\."
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self.ROUTINE.fullmatch(record.getMessage()):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

@@ -5,14 +5,18 @@ and every change of a Secret an endpoint refers to.
 One reconciliation, the same whatever triggered it, and idempotent:
 
 1. resolve the ingest key and the signing secret from their Secrets (generating owned
-   Secrets ``NAME-key`` / ``NAME-signing`` when the spec names none);
+   Secrets ``NAME-key`` / ``NAME-signing`` when the spec names none, or adopting those a
+   deleted endpoint of the same name left behind; a Secret of that name hookline did not
+   generate is never changed: ``Ready=False``, reason ``SecretConflict``);
 2. build the :class:`~hookline.models.Endpoint` with ``endpoint_from_spec``; when the
    signing secret differs from the one the record in Redis signs with, that one stays in
    the record for ``signing_grace`` seconds (the dispatcher signs with both);
 3. write the record only when it differs from what Redis holds — so a restart of the
    operator writes nothing, and a Redis that lost its data is refilled at the next tick;
 4. compute the status: ``Ready`` (registered or why not), ``Delivering`` (active, paused,
-   or disabled by a dispatcher), the delivery figures; only changed fields are returned.
+   or disabled by a dispatcher), the delivery figures; only changed fields are returned,
+   with a line for each change made in the cluster or Redis (the handlers log those at
+   INFO; a reconciliation that changes nothing is not worth a line).
 
 Rotation state lives in the registry record only: a Redis that loses its data while a
 rotation's grace period runs comes back with the new secret alone.
@@ -31,7 +35,7 @@ from hookline.errors import HooklineError, InvalidSpec, StoreUnavailable
 from hookline.manifests import new_key
 from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
 from hookline.operator import status as st
-from hookline.operator.kube import GROUP, KIND, VERSION, ApiUnavailable, Kube
+from hookline.operator.kube import GROUP, KIND, VERSION, ApiUnavailable, Kube, SecretConflict
 from hookline.queue import Queue
 from hookline.registry import Registry
 from hookline.signing import new_secret, secret_bytes
@@ -95,12 +99,14 @@ def _ref(ref: Mapping[str, Any] | None, generated: str, default_key: str) -> tup
 @dataclass
 class Result:
     """A reconciliation's outcome: the status fields to patch (only those that changed),
-    the error that stopped it (None when the endpoint is registered), and the reason a
-    dispatcher disabled the endpoint when that is news (an Event is due)."""
+    the error that stopped it (None when the endpoint is registered), the reason a
+    dispatcher disabled the endpoint when that is news (an Event is due), and what it
+    changed (a Secret generated, the registry record written...), one phrase each."""
 
     status: dict[str, Any]
     error: HooklineError | None = None
     newly_disabled: str | None = None
+    changes: list[str] = field(default_factory=list)
 
 
 class Reconciler:
@@ -157,9 +163,12 @@ class Reconciler:
         lock = self._locks.setdefault(res.id, asyncio.Lock())
         async with lock:
             self.resources[res.id] = res
-            return await self._reconcile(res, fresh)
+            changes: list[str] = []
+            result = await self._reconcile(res, fresh, changes)
+            result.changes = changes
+            return result
 
-    async def _reconcile(self, res: Resource, fresh: bool) -> Result:
+    async def _reconcile(self, res: Resource, fresh: bool, changes: list[str]) -> Result:
         now = self.clock()
         wanted: dict[str, Any] = {"observedGeneration": res.generation}
         conditions: list[st.Condition] = []
@@ -167,9 +176,9 @@ class Reconciler:
         newly_disabled = None
         pool = str(res.spec.get("pool", "default"))
         try:
-            key_name, key, signing = await self._secrets(res, fresh)
+            key_name, key, signing = await self._secrets(res, fresh, changes)
             wanted["keySecretName"] = key_name
-            record = await self._register(res, key, signing, now)
+            record = await self._register(res, key, signing, now, changes)
             pool = record.pool
             conditions.append(
                 st.Condition(st.READY, True, st.REGISTERED, f"registered as {res.id}")
@@ -180,6 +189,9 @@ class Reconciler:
         except SecretNotFound as exc:
             error = exc
             conditions.append(st.Condition(st.READY, False, st.SECRET_NOT_FOUND, str(exc)))
+        except SecretConflict as exc:
+            error = exc
+            conditions.append(st.Condition(st.READY, False, st.SECRET_CONFLICT, str(exc)))
         except StoreUnavailable as exc:
             error = exc
             conditions.append(st.Condition(st.READY, False, st.REGISTRY_UNAVAILABLE, str(exc)))
@@ -201,12 +213,14 @@ class Reconciler:
         )
         return Result(st.changes(res.status, wanted), error, newly_disabled)
 
-    async def _secrets(self, res: Resource, fresh: bool) -> tuple[str, str, str]:
+    async def _secrets(
+        self, res: Resource, fresh: bool, changes: list[str]
+    ) -> tuple[str, str, str]:
         key_name, key_key, key_generated = res.key_secret()
-        key = await self._value(res, key_name, key_key, key_generated, new_key, fresh)
+        key = await self._value(res, key_name, key_key, key_generated, new_key, fresh, changes)
         signing_name, signing_key, signing_generated = res.signing_secret()
         signing = await self._value(
-            res, signing_name, signing_key, signing_generated, new_secret, fresh
+            res, signing_name, signing_key, signing_generated, new_secret, fresh, changes
         )
         try:
             secret_bytes(signing)
@@ -222,19 +236,20 @@ class Reconciler:
         generated: bool,
         make: Callable[[], str],
         fresh: bool,
+        changes: list[str],
     ) -> str:
         where = (res.namespace, name)
-        data: dict[str, str] | None
+        data: dict[str, str] | None = None
         if not fresh and where in self.secrets:
             data = self.secrets[where]
-        elif generated:
-            owner = {**res.ref(), "name": res.name, "uid": res.uid}
-            data = await self.kube.ensure_secret(res.namespace, name, key, make, owner)
-        else:
+        elif not generated:
             data = await self.kube.secret(res.namespace, name)
-        if data is None and generated:  # deleted since: make a new one
+        if data is None and generated:  # not read yet, or deleted since: make a new one
             owner = {**res.ref(), "name": res.name, "uid": res.uid}
-            data = await self.kube.ensure_secret(res.namespace, name, key, make, owner)
+            owned = await self.kube.ensure_secret(res.namespace, name, key, make, owner)
+            data = owned.data
+            if owned.change:
+                changes.append(owned.change)
         self.secrets[where] = data
         if data is None:
             raise SecretNotFound(f"Secret {name!r} not found in namespace {res.namespace!r}")
@@ -243,7 +258,9 @@ class Reconciler:
             raise SecretNotFound(f"Secret {name!r} has no key {key!r}")
         return value
 
-    async def _register(self, res: Resource, key: str, signing: str, now: float) -> Endpoint:
+    async def _register(
+        self, res: Resource, key: str, signing: str, now: float, changes: list[str]
+    ) -> Endpoint:
         existing = await self.registry.get(res.id)
         previous: list[SigningSecret] = []
         for s in existing.signing_secrets if existing else ():
@@ -263,10 +280,16 @@ class Reconciler:
         )
         if record != existing:
             await self.registry.put(record)
+            lost = (
+                existing is None
+                and (st.condition(res.status, st.READY) or {}).get("reason") == st.REGISTERED
+            )
+            changes.append(_written(existing, record, self.config.signing_grace, lost))
         if existing is not None and existing.generation < res.generation:
             # A changed spec is the user's answer to a dispatcher's disable (410 Gone).
             if res.id in await self.registry.disabled():
                 await self.registry.enable(res.id)
+                changes.append("enabled again (its spec changed since a dispatcher disabled it)")
         return record
 
     async def _delivery(self, res: Resource, pool: str) -> tuple[st.Condition, dict[str, Any]]:
@@ -303,3 +326,20 @@ class Reconciler:
                 if where not in still_used:
                     del self.secrets[where]
             return removed
+
+
+def _written(existing: Endpoint | None, record: Endpoint, grace: float, lost: bool) -> str:
+    """The registry write, said in a phrase for the log."""
+    if existing is None:
+        again = "; written again, Redis had lost it" if lost else ""
+        return f"registered (generation {record.generation}{again})"
+    what = []
+    if existing.generation != record.generation:
+        what.append(f"generation {existing.generation} → {record.generation}")
+    if existing.key_hashes != record.key_hashes:
+        what.append("new ingest key")
+    if existing.signing_secrets[:1] != record.signing_secrets[:1]:
+        what.append(f"new signing secret, the previous one signs for {grace:g} s more")
+    elif existing.signing_secrets != record.signing_secrets:
+        what.append("a rotated-out signing secret expired")
+    return f"registry record updated ({', '.join(what) or 'it differed from the resource'})"

@@ -21,6 +21,7 @@ DELIVERING = "Delivering"
 REGISTERED = "Registered"
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_CONFLICT = "SecretConflict"
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 API_UNAVAILABLE = "ApiUnavailable"
 
