@@ -127,6 +127,8 @@ def pod_environment(deployment: dict[str, Any], docs: list[dict[str, Any]]) -> d
     for item in c.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
+        elif "fieldRef" in item["valueFrom"]:  # the pod's own name, namespace...
+            env[item["name"]] = f"<{item['valueFrom']['fieldRef']['fieldPath']}>"
         else:
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
