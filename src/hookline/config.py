@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hookline.errors import InvalidSpec
+
+log = logging.getLogger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -107,6 +110,11 @@ class Config:
         "'on', 'off' or 'auto' (on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set)",
     )
 
+    # the demo sink (`hookline sink`)
+    sink_secret: str = _setting(
+        "", "the whsec_ signing secret `hookline sink` checks signatures with (empty: none)"
+    )
+
     # operator
     operator_host: str = _setting("0.0.0.0", "operator probe/metrics listen address")
     operator_port: int = _setting(8082, "operator probe/metrics port (0: no server)")
@@ -153,27 +161,18 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
         if name == "allow_cidrs":
             return tuple(ipaddress.ip_network(c.strip()) for c in raw.split(",") if c.strip())
     except ValueError as exc:
-        raise InvalidSpec(
-            f"HOOKLINE_{name.upper()}={raw!r}: {exc}{_service_link(name, raw)}"
-        ) from exc
+        raise InvalidSpec(f"HOOKLINE_{name.upper()}={raw!r}: {exc}") from exc
     raise InvalidSpec(f"HOOKLINE_{name.upper()}: unsupported setting type {kind!r}")
 
 
 # What the kubelet sets for every Service of the namespace when a pod spec leaves
-# enableServiceLinks on: NAME_PORT=tcp://10.0.0.204:80 for a Service "name".
+# enableServiceLinks on: NAME_PORT=tcp://10.0.0.204:80 for a Service "name". For a
+# Service hookline-receiver that is HOOKLINE_RECEIVER_PORT, which no user meant as a port.
 _SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://\S+:\d+")
 
 
-def _service_link(name: str, raw: str) -> str:
-    """The likely cause of a bad value that is a Kubernetes service-link variable."""
-    if not _SERVICE_LINK.fullmatch(raw.strip()):
-        return ""
-    service = f"hookline-{name}".removesuffix("_port").replace("_", "-")
-    return (
-        f" — this is the kind of value the kubelet sets for a Service named {service!r}"
-        " (docker-style service links); set enableServiceLinks: false in the pod spec"
-        " (the Helm chart does) or rename the Service"
-    )
+def _is_service_link(name: str, raw: str) -> bool:
+    return name.endswith("_port") and _SERVICE_LINK.fullmatch(raw.strip()) is not None
 
 
 _SWITCH = {
@@ -196,8 +195,20 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Config):
         raw = env.get(f"HOOKLINE_{f.name.upper()}")
-        if raw is not None and raw != "":
-            values[f.name] = _parse(f.name, f.type, raw)
+        if raw is None or raw == "":
+            continue
+        if _is_service_link(f.name, raw):
+            # A pod of one's own (`kubectl create deployment ... -- hookline sink`) in a
+            # namespace with a release named hookline gets these; the chart's pods do not.
+            log.warning(
+                "HOOKLINE_%s=%r ignored: a Kubernetes service-link variable (of a Service "
+                "named %s), not a setting; enableServiceLinks: false in the pod spec avoids it",
+                f.name.upper(),
+                raw,
+                "hookline-" + f.name.removesuffix("_port").replace("_", "-"),
+            )
+            continue
+        values[f.name] = _parse(f.name, f.type, raw)
     values.update(overrides)
     config = Config(**values)
     validate(config)
