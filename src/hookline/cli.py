@@ -2,6 +2,7 @@
 
     hookline receiver | dispatcher | operator   run a component (configured by HOOKLINE_*)
     hookline dev [--endpoints DIR]              the local stack: redis, receiver, dispatcher, sink
+    hookline sink [--port N]                    a demo endpoint that checks signatures
     hookline send --key KEY [--data ...]        post a test webhook
     hookline dlq list | show ID | replay ...    the dead letter
     hookline endpoints                          endpoints and their delivery figures
@@ -249,6 +250,15 @@ async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink
             redis_proc.wait(10)
 
 
+async def sink_main(config: Config, stop: asyncio.Event, port: int) -> None:
+    from hookline.http import serve
+    from hookline.sink import create_sink
+
+    secret = config.sink_secret or None
+    print(f"hookline sink :{port}, signatures {'checked' if secret else 'not checked'}")
+    await serve(create_sink({}, fallback=secret), "0.0.0.0", port, stop)
+
+
 # -- tools
 
 
@@ -449,6 +459,10 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trace every webhook (OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318)",
     )
+    sink = sub.add_parser(
+        "sink", help="a demo endpoint that prints each webhook, its signature checked"
+    )
+    sink.add_argument("--port", type=int, default=8080)
     send = sub.add_parser("send", help="post a test webhook")
     send.add_argument("--url", default="http://127.0.0.1:8080")
     send.add_argument("--key", required=True)
@@ -493,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.tracing:
                 config = dataclasses.replace(config, tracing="on")
             _run(lambda stop: dev_main(config, stop, args.endpoints, args.sink_port))
+        elif args.command == "sink":
+            _run(lambda stop: sink_main(config, stop, args.port))
         elif args.command == "send":
             return int(_run(lambda _stop: send_main(args)))
         elif args.command == "dlq":

@@ -1,7 +1,9 @@
-"""The demo sink of the local stack: an endpoint that prints what it receives.
+"""The demo sink: an endpoint that prints what it receives.
 
 It verifies each delivery's Standard Webhooks signature with the endpoint's
-secret and prints one line per webhook, so ``make dev`` shows the whole path.
+secret and prints one line per webhook, so ``make dev`` shows the whole path;
+``hookline sink`` runs it alone (in a cluster: a first endpoint to try hookline
+with, docs/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return any(hmac.compare_digest(expected.decode(), o) for o in offered)
 
 
-def create_sink(secrets: dict[str, str], out: TextIO = sys.stdout) -> web.Application:
-    """``secrets`` maps a path (``/hooks/demo``) to its endpoint's signing secret."""
+def create_sink(
+    secrets: dict[str, str], out: TextIO = sys.stdout, fallback: str | None = None
+) -> web.Application:
+    """``secrets`` maps a path (``/hooks/demo``) to its endpoint's signing secret;
+    ``fallback`` is the secret of every other path."""
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        secret = secrets.get(request.path)
+        secret = secrets.get(request.path, fallback)
         check = (
             "unsigned?" if secret is None else ("valid" if verify(secret, headers, body) else "BAD")
         )
