@@ -225,6 +225,15 @@ prometheus.io/path: /metrics
     secretKeyRef:
       name: {{ include "hookline.redisSecretName" . }}
       key: {{ include "hookline.redisSecretKey" . }}
+{{- /* Each span says which pod made it (the Jaeger UI shows these as process tags). */}}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: K8S_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE)
 {{- end -}}
 
 {{/* Probes on the component's one HTTP port, named http. */}}
