@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from hookline.config import Config
 from hookline.models import Webhook
@@ -110,3 +115,47 @@ async def test_endpoints_table_shows_figures_and_attempts(stack: Stack, endpoint
     assert row.split()[:7] == [ep.id, "default", "3", "0", "0", "0", "active"]
     log = await asyncio.to_thread(hookline, stack.config, "endpoints", "--attempts", ep.id)
     assert log.stdout.count("status=200") == 3
+
+
+def test_hookline_sink_prints_each_webhook_with_its_signature_checked() -> None:
+    """``hookline sink``, the demo endpoint docs/kubernetes.md deploys: a delivery signed
+    with its secret prints ``signature=valid``, one signed with another ``BAD``."""
+    from standardwebhooks.webhooks import Webhook as Verifier
+
+    from hookline.signing import new_secret
+    from tests.peers import free_port
+
+    secret, port = new_secret(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKLINE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hookline", "sink", "--port", str(port)],
+        env={**env, "HOOKLINE_SINK_SECRET": secret},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "signatures checked" in proc.stdout.readline()
+        for _ in range(100):  # the line comes just before it listens
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.05)
+        for n, key in enumerate((secret, new_secret())):
+            body = f'{{"n":{n}}}'.encode()
+            headers = {"webhook-id": f"msg_{n}", "webhook-timestamp": "1700000000"}
+            headers["webhook-signature"] = Verifier(key).sign(
+                f"msg_{n}", datetime.fromtimestamp(1700000000, tz=UTC), body.decode()
+            )
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/hooks", data=body, headers=headers, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                assert resp.status == 200
+            line = proc.stdout.readline()
+            assert f"id=msg_{n}" in line and f"body='{body.decode()}'" in line, line
+            assert ("signature=valid" if key == secret else "signature=BAD") in line, line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
