@@ -333,8 +333,11 @@ build_jaeger() {
   tarball "$root" "$work/jaeger.tar"
   c=$(buildah from --name "hookline-jaeger-$$" scratch)
   buildah add --quiet "$c" "$work/jaeger.tar" / >/dev/null
+  # The embedded all-in-one config listens on ${JAEGER_LISTEN_HOST:-localhost}: in a
+  # container it must be every interface, or a Service cannot reach it (as the
+  # project's own image sets it).
   buildah config --entrypoint '["/jaeger"]' --user 10001:10001 --workingdir /tmp \
-    --env HOME=/tmp --port 4317 --port 4318 --port 16686 \
+    --env HOME=/tmp --env JAEGER_LISTEN_HOST=0.0.0.0 --port 4317 --port 4318 --port 16686 \
     --label org.opencontainers.image.title=jaeger "$c"
   buildah commit --quiet --rm "$c" "$1" >/dev/null
 }
