@@ -47,8 +47,12 @@ typecheck: deps
 	$(BIN)/mypy
 
 ## every test tier, against real peers
-test: deps tools lint typecheck
+test: deps tools image lint typecheck
 	$(BIN)/pytest
+
+## the tiers that need no real node and no kill -9 (minutes, not tens of minutes)
+test-fast: deps tools
+	$(BIN)/pytest --ignore=tests/node -m "not chaos"
 
 ## throughput and latency against bare baselines, JSON lines (docs/benchmarks.md)
 bench: deps tools
