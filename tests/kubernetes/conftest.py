@@ -25,13 +25,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(tmp_path_factory.mktemp("kube"))
     try:
         plane.start()
-        plane.kubectl("apply", "-f", str(CRD))
-        plane.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/webhookendpoints.hookline.dev",
-        )
+        plane.install_crd(CRD)
         yield plane
     finally:
         plane.stop()

@@ -45,13 +45,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(tmp_path_factory.mktemp("outage-kube"))
     try:
         plane.start()
-        plane.kubectl("apply", "-f", str(CRD))
-        plane.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/webhookendpoints.hookline.dev",
-        )
+        plane.install_crd(CRD)
         plane.kubectl("create", "namespace", NAMESPACE)
         yield plane
     finally:
