@@ -95,10 +95,14 @@ esac
 export BUILDAH_ISOLATION=oci
 buildah() { command buildah --root "$cache/storage" --runroot "$run/storage" --storage-driver overlay "$@"; }
 # Working containers left by a failed step go with the run (all in our own storage).
+# buildah makes /etc/cni/net.d (a lock file) and runc /run/containerd-style state even
+# with host networking; what was not there before goes with the script.
+made_here=()
+for p in /etc/cni /run/containerd; do [ -e "$p" ] || made_here+=("$p"); done
 cleanup() {
   local rc=$?
   buildah rm --all >/dev/null 2>&1 || true
-  rm -rf "$run" "$work"
+  rm -rf "$run" "$work" "${made_here[@]}"
   exit "$rc"
 }
 trap cleanup EXIT
