@@ -71,6 +71,15 @@ WATCHED_SYSCTLS = (
     "net/netfilter/nf_conntrack_tcp_timeout_established",
     "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
 )
+# Where kubelet (device plugins, container log links), libcni (results cache) and
+# containerd's shims (sockets, fifos) write whatever they are configured with; tear-down
+# removes what the node added there.
+HOST_PATHS = (
+    Path("/var/lib/kubelet"),
+    Path("/var/log/containers"),
+    Path("/var/lib/cni"),
+    Path("/run/containerd"),
+)
 SYSTEM_PACKAGES = "apt-get install containerd runc containernetworking-plugins iptables conntrack"
 
 
@@ -187,6 +196,30 @@ def _remove_chains() -> None:
             _run("nft", "delete", "table", family, "kube-proxy")
 
 
+def _listing(root: Path) -> list[str] | None:
+    """What is under ``root`` (None: ``root`` itself is absent)."""
+    if not root.exists():
+        return None
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _restore_listing(root: Path, before: list[str] | None) -> None:
+    """Remove what came under ``root`` since :func:`_listing` (``root`` too if it was
+    absent): files the node's parts write where they are not told otherwise."""
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    kept = set(before)
+    now = _listing(root) or []
+    for name in sorted(set(now) - kept, key=len, reverse=True):
+        path = root / name
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def leftovers(folder: Path = NODE_DIR) -> list[str]:
     """What the node left on the host; empty after a good tear-down."""
     found = []
@@ -230,16 +263,8 @@ def teardown(folder: Path = NODE_DIR) -> None:
     for name, value in state.get("sysctls", {}).items():
         with contextlib.suppress(OSError):
             (Path("/proc/sys") / name).write_text(value)
-    for link in state.get("created_paths", []):
-        path = Path(link)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-    logs = Path("/var/log/containers")
-    if logs.is_dir():
-        for entry in logs.iterdir():
-            with contextlib.suppress(OSError):
-                if str(folder) in os.readlink(entry):
-                    entry.unlink()
+    for root, before in state.get("host_paths", {}).items():
+        _restore_listing(Path(root), before)
     if folder.exists():
         _unmount_all(folder)
         shutil.rmtree(folder, ignore_errors=True)
@@ -332,8 +357,8 @@ class Node(ControlPlane):
         self.timings["node ready"] = time.monotonic() - started
 
     def _save_state(self) -> None:
-        created = [str(p) for p in (Path("/var/log/containers"),) if not p.exists()]
-        state = {"sysctls": sysctls(), "created_paths": created}
+        listings = {str(p): _listing(p) for p in HOST_PATHS}
+        state = {"sysctls": sysctls(), "host_paths": listings}
         (self.folder / "state.json").write_text(json.dumps(state, indent=1))
 
     def _network(self) -> None:
@@ -424,8 +449,13 @@ class Node(ControlPlane):
         )  # fmt: skip
 
     def stop_apiserver(self) -> None:
-        """An API-server outage: everything else keeps running."""
-        _stop(self.procs.pop("kube-apiserver", None))
+        """An API-server outage, as a crash (SIGKILL): everything else keeps running. (A
+        graceful stop also takes the server out of the ``kubernetes`` Service's endpoints,
+        and pods then reach it again only 30-60+ s after it is back, once kube-proxy's
+        watch has recovered.)"""
+        proc = self.procs.pop("kube-apiserver")
+        proc.kill()
+        proc.wait(10)
 
     def _ssl(self) -> Any:
         import ssl

@@ -27,6 +27,9 @@ def images() -> dict[str, dict[str, str]]:
     if not IMAGES.exists():
         pytest.fail(f"{IMAGES} is missing: run `make image` (tools/image.sh)", pytrace=False)
     found: dict[str, dict[str, str]] = json.loads(IMAGES.read_text())
+    missing = {"hookline", "redis", "pause", "jaeger"} - set(found)
+    if missing:
+        pytest.fail(f"images {sorted(missing)} are not in {IMAGES}: run `make image`")
     for name, image in found.items():
         if not Path(image["archive"]).exists():
             pytest.fail(f"image {name}: {image['archive']} is missing: run `make image`")
