@@ -73,6 +73,12 @@ class User:
         items: list[dict[str, Any]] = self.json("pods", "-l", selector)["items"]
         return items
 
+    def pod_names(self, component: str) -> set[str]:
+        """The names of the release's pods of one component (receiver, dispatcher, ...)."""
+        return {
+            p["metadata"]["name"] for p in self.pods(f"app.kubernetes.io/component={component}")
+        }
+
     def service_ip(self, name: str) -> str:
         ip: str = self.json("service", name)["spec"]["clusterIP"]
         return ip

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -204,10 +204,7 @@ def test_with_tracing_on_jaeger_holds_one_trace_across_the_pods(
     with user.port_forward(f"svc/{RECEIVER}", 80) as port:
         asyncio.run(send_many(f"http://127.0.0.1:{port}", key, 1, history, concurrency=1))
     assert len(history.accepted) == 1
-    receivers = {p["metadata"]["name"] for p in user.pods("app.kubernetes.io/component=receiver")}
-    dispatchers = {
-        p["metadata"]["name"] for p in user.pods("app.kubernetes.io/component=dispatcher")
-    }
+    receivers, dispatchers = user.pod_names("receiver"), user.pod_names("dispatcher")
 
     def whole_trace() -> dict[str, Any] | None:
         for trace in jaeger_traces(ui):
@@ -278,13 +275,35 @@ def test_a_backlog_makes_the_scaler_start_dispatcher_pods_that_drain_it(
     assert not sink.bad, f"{len(sink.bad)} deliveries with a bad signature"
 
 
-def checked(history: History, sink: Sink, what: str) -> None:
-    for wid, count in sink.deliveries.items():
+def send_during(
+    user: User, sink: Sink, count: int, disruption: Coroutine[Any, Any, None], what: str
+) -> tuple[History, Counter[int]]:
+    """Post ``count`` webhooks through the receiver Service while ``disruption`` runs; wait
+    until every accepted one is delivered, then check the history: nothing lost."""
+    key = user.secret("bulk-key", "key")
+    history, statuses = History(), Counter[int]()
+    receiver = f"http://{user.service_ip(RECEIVER)}"
+
+    async def both() -> None:
+        await asyncio.gather(
+            send_many(receiver, key, count, history, concurrency=8, pace=0.02, statuses=statuses),
+            disruption,
+        )
+
+    asyncio.run(both())
+    wait_for(
+        lambda: sink.delivered(history.accepted) == len(history.accepted),
+        180,
+        "every accepted webhook to be delivered",
+    )
+    FIGURES[f"{what}_statuses"] = dict(statuses)
+    for wid, n in sink.deliveries.items():
         if wid in history.accepted:
-            history.deliveries[wid] = count
+            history.deliveries[wid] = n
     report = history.check()
-    FIGURES[what] = str(report)
+    FIGURES[f"{what}_history"] = str(report)
     assert report.valid, report
+    return history, statuses
 
 
 def test_force_deleted_pods_lose_no_accepted_webhook(user: User, sink: Sink) -> None:
@@ -297,72 +316,36 @@ def test_force_deleted_pods_lose_no_accepted_webhook(user: User, sink: Sink) -> 
         "--set", "dispatcher.config.HOOKLINE_CLAIM_IDLE=10", "--wait",
     )  # fmt: skip
     wait_for(lambda: user.replicas(DISPATCHER) == (2, 2), 120, "two ready dispatchers")
-    key = user.secret("bulk-key", "key")
-    history, statuses = History(), Counter[int]()
-    receiver = f"http://{user.service_ip(RECEIVER)}"
 
-    async def send_and_kill() -> None:
-        sending = asyncio.create_task(
-            send_many(receiver, key, 3000, history, concurrency=8, pace=0.02, statuses=statuses)
-        )
-        await asyncio.sleep(4)
-        victim = user.pods("app.kubernetes.io/component=dispatcher")[0]["metadata"]["name"]
-        await asyncio.to_thread(
-            user.kubectl, "delete", "pod", victim, "-n", NS, "--grace-period=0", "--force"
-        )
-        await asyncio.sleep(4)
-        victim = user.pods("app.kubernetes.io/component=receiver")[0]["metadata"]["name"]
-        await asyncio.to_thread(
-            user.kubectl, "delete", "pod", victim, "-n", NS, "--grace-period=0", "--force"
-        )
-        await sending
+    async def kill_a_dispatcher_then_a_receiver() -> None:
+        for component in ("dispatcher", "receiver"):
+            await asyncio.sleep(4)
+            victim = sorted(user.pod_names(component))[0]
+            await asyncio.to_thread(
+                user.kubectl, "delete", "pod", victim, "-n", NS, "--grace-period=0", "--force"
+            )
 
-    asyncio.run(send_and_kill())
-    wait_for(
-        lambda: sink.delivered(history.accepted) == len(history.accepted),
-        180,
-        "every accepted webhook to be delivered",
-    )
-    FIGURES["fault_statuses"] = dict(statuses)
-    checked(history, sink, "fault_history")
+    history, statuses = send_during(user, sink, 3000, kill_a_dispatcher_then_a_receiver(), "fault")
     assert len(history.accepted) > 1000, statuses
     assert set(statuses) <= {202, 503, 0}, statuses
 
 
 def test_helm_upgrade_while_senders_post_loses_nothing(user: User, sink: Sink) -> None:
     """A changed dispatcher value rolls the dispatcher pods while webhooks flow."""
-    key = user.secret("bulk-key", "key")
-    history, statuses = History(), Counter[int]()
-    receiver = f"http://{user.service_ip(RECEIVER)}"
-    before = {p["metadata"]["name"] for p in user.pods("app.kubernetes.io/component=dispatcher")}
+    before = user.pod_names("dispatcher")
 
-    async def send_and_upgrade() -> None:
-        sending = asyncio.create_task(
-            send_many(receiver, key, 2000, history, concurrency=8, pace=0.02, statuses=statuses)
-        )
+    async def upgrade() -> None:
         await asyncio.sleep(3)
         await asyncio.to_thread(
             user.helm,
             "upgrade", "hookline", str(CHART), "-n", NS, "--reuse-values",
             "--set", "dispatcher.deliveryTimeout=8", "--wait",
         )  # fmt: skip
-        await sending
 
-    asyncio.run(send_and_upgrade())
-
-    def dispatchers() -> set[str]:
-        return {p["metadata"]["name"] for p in user.pods("app.kubernetes.io/component=dispatcher")}
-
+    _, statuses = send_during(user, sink, 2000, upgrade(), "upgrade")
     # --wait returns once the new pods are ready; the old ones may still be draining.
-    wait_for(lambda: not before & dispatchers(), 60, "the old dispatcher pods to be gone")
-    assert len(dispatchers()) == 2
-    wait_for(
-        lambda: sink.delivered(history.accepted) == len(history.accepted),
-        180,
-        "every accepted webhook to be delivered",
-    )
-    FIGURES["upgrade_statuses"] = dict(statuses)
-    checked(history, sink, "upgrade_history")
+    wait_for(lambda: not before & user.pod_names("dispatcher"), 60, "the old dispatcher pods to go")
+    assert len(user.pod_names("dispatcher")) == 2
     assert set(statuses) <= {202, 503}, statuses
 
 
