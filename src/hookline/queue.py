@@ -299,6 +299,11 @@ class Queue:
         command = pack("EVALSHA", sha, len(keys), *keys, *args)
         return await self._call(command, pack("EVAL", source, len(keys), *keys, *args))
 
+    async def ping(self) -> None:
+        """A round trip on the connection every write takes (opening it if needed): the
+        receiver is ready only when this answers, not merely when some other connection does."""
+        await self._call(_PING)
+
     # -- producers
 
     async def enqueue(self, pool: str, webhook: Webhook, idempotency_key: str | None = None) -> str:
@@ -593,6 +598,9 @@ class Queue:
         wh.created_ms = _now_ms()
         keys = [self.dead_key, self.stream(pool)]
         return bool(await self._script("replay", keys, [letter.id, wh.pack()]))
+
+
+_PING = pack("PING")
 
 
 def _now_ms() -> int:

@@ -158,9 +158,13 @@ def test_a_webhook_reaches_a_sink_pod_signed_and_is_counted(
             headers={"X-WH-Endpoint-Key": key, "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            assert resp.status == 202
-            wid = json.load(resp)["id"]
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                wid = json.load(resp)["id"]
+        except urllib.error.HTTPError as exc:  # say why, with what the receiver logged
+            logs = user.logs(f"deployment/{RECEIVER}")
+            raise AssertionError(f"{exc.code} {exc.read()!r}; receiver:\n{logs}") from exc
+        assert resp.status == 202
     line = wait_for(
         lambda: [ln for ln in user.logs("deployment/sink").splitlines() if wid in ln],
         60,

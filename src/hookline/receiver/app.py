@@ -252,9 +252,9 @@ def _readiness(
         if not cache.loaded.is_set():
             return "endpoint registry not loaded"
         try:
-            await queue.redis.ping()  # type: ignore[misc]
-        except Exception as exc:  # any failure to answer means not ready
-            return f"redis: {exc}"
+            await queue.ping()
+        except StoreUnavailable as exc:
+            return str(exc)
         try:
             await bodies.check()
         except StoreUnavailable as exc:
