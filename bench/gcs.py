@@ -51,12 +51,10 @@ from common import (  # bench/ is the script's folder
     pinned,
     wait_until,
 )
-from hookline.cli import redis_client
 from hookline.config import Config, KiB, MiB
-from hookline.manifests import new_key
 from hookline.models import SigningSecret, endpoint_from_spec
-from hookline.registry import Registry
-from hookline.signing import new_secret
+from hookline.signing import new_key, new_secret
+from hookline.store import Store, redis_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "benchgcs"
@@ -190,7 +188,7 @@ class Sink:
 
 
 async def register(peers: Peers, url: str) -> str:
-    redis = redis_client(Config(redis_url=peers.redis_url))
+    store = Store.connect(Config(redis_url=peers.redis_url, prefix=PREFIX))
     try:
         key = new_key()
         endpoint = endpoint_from_spec(
@@ -200,10 +198,10 @@ async def register(peers: Peers, url: str) -> str:
             [SigningSecret(new_secret())],
             Config(),
         )
-        await Registry(redis, PREFIX).put(endpoint)
+        await store.registry.put(endpoint)
         return key
     finally:
-        await redis.aclose()
+        await store.aclose()
 
 
 async def post_stream(

@@ -1,7 +1,7 @@
 """The delivery baseline: a raw aiohttp client posting ``--count`` bodies to the sink.
 
 Same body size, same concurrency and the same connector settings as the
-dispatcher's session (``hookline.cli.client_session``), under uvloop; no
+dispatcher's session (``hookline.runtime.client_session``), under uvloop; no
 queue, no signing, no bookkeeping. The rate is taken by the sink, as for the
 dispatcher. Prints one JSON line: posts made, failures, wall and CPU seconds.
 """

@@ -44,14 +44,11 @@ import redis
 
 from common import LOAD_CPU, PINNED, SUT_CPU, free_port  # bench/ is the script's folder
 from common import wait_until as _wait_until
-from hookline.cli import redis_client
 from hookline.config import Config
 from hookline.config import load as load_config
-from hookline.manifests import new_key
 from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id
-from hookline.queue import Queue
-from hookline.registry import Registry
-from hookline.signing import new_secret
+from hookline.signing import new_key, new_secret
+from hookline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -185,13 +182,13 @@ class Bench:
         }
         # Its timeout outlasts the hang: every request to it is answered, late.
         hang = {"url": f"http://127.0.0.1:{self.hang_port}/hook", "timeoutSeconds": 60}
-        client = redis_client(Config(redis_url=self.redis_url))
+        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
         try:
             for name, key, s in ((ENDPOINT, self.key, spec), (HANGING, new_key(), hang)):
                 endpoint = endpoint_from_spec(name, s, [key], [SigningSecret(new_secret())], config)
-                await Registry(client, PREFIX).put(endpoint)
+                await store.registry.put(endpoint)
         finally:
-            await client.aclose()
+            await store.aclose()
 
     def hookline_env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -310,8 +307,8 @@ class Bench:
 
     async def _preload(self, count: int, endpoints: tuple[str, ...] = (ENDPOINT,)) -> None:
         """Enqueue ``count`` webhooks, taking ``endpoints`` in turn."""
-        client = redis_client(Config(redis_url=self.redis_url))
-        queue = Queue(client, PREFIX)
+        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
+        queue = store.queue
         payload = body()
         headers = {"content-type": "application/json", "x-event-type": "bench"}
         try:
@@ -333,8 +330,7 @@ class Bench:
                     )
                 )
         finally:
-            await queue.aclose()
-            await client.aclose()
+            await store.aclose()
 
     def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> float:
         """Wait until the stream is empty; returns the dispatcher's CPU use while it drained."""

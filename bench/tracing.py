@@ -63,13 +63,10 @@ from common import (  # noqa: E402 (bench/ is on sys.path)
     pinned,
     wait_until,
 )
-from hookline.cli import redis_client  # noqa: E402
 from hookline.config import Config  # noqa: E402
-from hookline.manifests import new_key  # noqa: E402
 from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id  # noqa: E402
-from hookline.queue import Queue  # noqa: E402
-from hookline.registry import Registry  # noqa: E402
-from hookline.signing import new_secret  # noqa: E402
+from hookline.signing import new_key, new_secret  # noqa: E402
+from hookline.store import Queue, Store, redis_client  # noqa: E402
 
 PREFIX = "benchtrace"
 BODY = json.dumps({"type": "bench.event", "data": "x" * 460}).encode()[:512]
@@ -326,7 +323,8 @@ async def fill(queue: Queue, variant: str, count: int) -> None:
 
 async def delivery(peers: Peers, sink: Sink, rounds: int, count: int) -> None:
     redis = redis_client(Config(redis_url=peers.redis_url))
-    queue = Queue(redis, PREFIX)
+    store = Store(redis, Config(prefix=PREFIX))
+    queue = store.queue
     measured: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     traced_deliveries = 0
     before = peers.jaeger.accepted_spans()  # the ingest figure's spans
@@ -361,6 +359,7 @@ async def delivery(peers: Peers, sink: Sink, rounds: int, count: int) -> None:
                     f"dispatcher CPU {cpu * 1e6:.0f} us per delivery"
                 )
     finally:
+        await store.aclose()
         await redis.aclose()
     expected = 2 * traced_deliveries  # consumer and client span per delivery
     accepted = await spans_settle(peers.jaeger, before + expected) - before
@@ -374,7 +373,7 @@ async def delivery(peers: Peers, sink: Sink, rounds: int, count: int) -> None:
 
 
 async def register(peers: Peers, sink_port: int) -> dict[str, str]:
-    redis = redis_client(Config(redis_url=peers.redis_url))
+    store = Store.connect(Config(redis_url=peers.redis_url, prefix=PREFIX))
     keys = {}
     try:
         for v in VARIANTS:
@@ -383,10 +382,10 @@ async def register(peers: Peers, sink_port: int) -> dict[str, str]:
             endpoint = endpoint_from_spec(
                 f"bench/{v}", spec, [key], [SigningSecret(new_secret())], Config()
             )
-            await Registry(redis, PREFIX).put(endpoint)
+            await store.registry.put(endpoint)
             keys[v] = key
     finally:
-        await redis.aclose()
+        await store.aclose()
     return keys
 
 

@@ -18,17 +18,15 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from hookline.bodies import BodyStore, FilesystemBodyStore
-from hookline.cli import client_session, redis_client
 from hookline.config import Config
 from hookline.dispatcher import Dispatcher
 from hookline.http import serve
-from hookline.manifests import new_key
 from hookline.metrics import Metrics
 from hookline.models import Endpoint, SigningSecret, Webhook, endpoint_from_spec, new_id
-from hookline.queue import Queue
 from hookline.receiver import create_app
-from hookline.registry import Registry, RegistryCache
-from hookline.signing import new_secret
+from hookline.runtime import client_session
+from hookline.signing import new_key, new_secret
+from hookline.store import Queue, Registry, RegistryCache, Store, redis_client
 from hookline.tracing import OFF, Tracing
 from tests.peers import eventually, free_port
 
@@ -80,6 +78,7 @@ class Stack:
     config: Config
     bodies: BodyStore | None = None
     redis: aioredis.Redis = field(init=False)
+    store: Store = field(init=False)
     registry: Registry = field(init=False)
     queue: Queue = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
@@ -99,8 +98,9 @@ class Stack:
 
     async def start(self, dispatchers: int = 1) -> Stack:
         self.redis = redis_client(self.config)
-        self.registry = Registry(self.redis, self.config.prefix)
-        self.queue = Queue.from_config(self.redis, self.config)
+        self.store = Store(self.redis, self.config)
+        self.registry = self.store.registry
+        self.queue = self.store.queue
         if self.bodies is None:
             self.bodies = FilesystemBodyStore(self.config.body_dir)
         await self.start_receiver()
@@ -136,8 +136,7 @@ class Stack:
         dispatcher = Dispatcher(
             config,
             cache,
-            self.registry,
-            self.queue,
+            self.store,
             self.bodies,
             self.metrics,
             session,
@@ -163,7 +162,7 @@ class Stack:
             await self._receiver
         if self.client is not None:
             await self.client.close()
-        await self.queue.aclose()
+        await self.store.aclose()
         await self.redis.aclose()
 
     async def add_endpoint(

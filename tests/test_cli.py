@@ -44,7 +44,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_with_the_same_id(
     ids = [(await stack.send(key, f'{{"n":{i}}}'.encode()))[1]["id"] for i in range(3)]
 
     async def three_dead() -> bool:
-        return len(await stack.queue.dead_letters()) == 3
+        return len(await stack.store.dead_letters.find()) == 3
 
     await eventually(three_dead, 10, "three dead letters")
 
@@ -61,6 +61,13 @@ async def test_dead_letters_are_listed_shown_and_replayed_with_the_same_id(
     assert detail["id"] == ids[0] and detail["attempts"] == 2 and detail["body"] == '{"n":0}'
     missing = await asyncio.to_thread(hookline, stack.config, "dlq", "show", "msg_NOPE")
     assert missing.returncode == 1 and "no dead letter" in missing.stderr
+    # Neither kind of id: one line saying so, status 2 — not a traceback from Redis.
+    malformed = await asyncio.to_thread(hookline, stack.config, "dlq", "show", "not-an-id")
+    assert malformed.returncode == 2, malformed.stderr
+    assert malformed.stderr.strip().splitlines() == [
+        "hookline: 'not-an-id' is neither a dead-letter id (like 1764650000000-0) "
+        "nor a webhook id (msg_…)"
+    ]
 
     healthy = True
     replayed = await asyncio.to_thread(hookline, stack.config, "dlq", "replay", "--endpoint", ep.id)
@@ -73,7 +80,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_with_the_same_id(
         10,
         "the replayed webhooks, with their original ids",
     )
-    assert await stack.queue.dead_letters() == []
+    assert await stack.store.dead_letters.find() == []
 
 
 async def test_dead_letters_past_retention_go_with_their_bodies(config: Config) -> None:
@@ -88,7 +95,7 @@ async def test_dead_letters_past_retention_go_with_their_bodies(config: Config) 
 
         async def gone() -> bool:
             files = [f for _, _, fs in os.walk(config.body_dir) for f in fs]
-            return not files and await stack.queue.dead_letters() == []
+            return not files and await stack.store.dead_letters.find() == []
 
         await eventually(gone, 10, "the expired dead letter and its body to go")
     finally:
@@ -105,7 +112,7 @@ async def test_endpoints_table_shows_figures_and_attempts(stack: Stack, endpoint
         await stack.send(key)
 
     async def delivered() -> bool:
-        return (await stack.queue.stats(ep.id)).get("delivered") == "3"
+        return (await stack.store.figures.stats(ep.id)).get("delivered") == "3"
 
     await eventually(delivered, 5, "three deliveries counted")
     table = await asyncio.to_thread(hookline, stack.config, "endpoints")

@@ -15,9 +15,8 @@ from standardwebhooks.webhooks import hmac_data
 
 from hookline.config import Config
 from hookline.dispatcher.policy import parse_retry_after
-from hookline.manifests import new_key
 from hookline.models import SigningSecret, endpoint_from_spec
-from hookline.signing import new_secret
+from hookline.signing import new_key, new_secret
 from tests.peers import Endpoint, eventually, fail_then_ok, slow, status
 from tests.stack import Stack, queued
 
@@ -125,7 +124,7 @@ async def test_a_burst_beyond_the_local_cap_of_a_fast_endpoint_waits_for_slots(
         await stack.send(key)  # its first answer, once recorded, shows it to be fast
 
         async def recorded() -> bool:
-            return await stack.redis.hget(stack.queue.stats_key(ep.id), "delivered") == b"1"
+            return await stack.redis.hget(stack.store.keys.stats(ep.id), "delivered") == b"1"
 
         await eventually(recorded, 5, "the first delivery to be recorded")
         burst = [queued(ep.id) for _ in range(20)]
@@ -194,7 +193,7 @@ async def test_circuit_opens_after_consecutive_failures_and_a_probe_closes_it(
             15,
             "delivery after the circuit closed",
         )
-        stats = await stack.queue.stats(ep.id)
+        stats = await stack.store.figures.stats(ep.id)
         assert "streak" not in stats and "open_until" not in stats
         assert stack.metrics.circuit_open.labels(ep.id)._value.get() == 0
     finally:
@@ -220,10 +219,10 @@ async def test_an_endpoint_failing_continuously_is_disabled_with_its_reason(
         assert reason.startswith("failing continuously since")
 
         async def dead() -> bool:
-            return len(await stack.queue.dead_letters()) == 1
+            return len(await stack.store.dead_letters.find()) == 1
 
         await eventually(dead, 10, "its pending webhook in the dead letter")
-        (letter,) = await stack.queue.dead_letters()
+        (letter,) = await stack.store.dead_letters.find()
         assert "disabled" in letter.reason
     finally:
         await stack.stop()
@@ -235,12 +234,12 @@ async def test_attempt_log_and_figures(stack: Stack, endpoint: Endpoint) -> None
     await endpoint.wait_for(lambda: endpoint.ids()[body["id"]] == 2, 5, "two attempts")
 
     async def logged() -> bool:
-        return len(await stack.queue.attempts(ep.id)) == 2
+        return len(await stack.store.figures.attempts(ep.id)) == 2
 
     await eventually(logged, 5, "two attempts in the log")
-    newest, oldest = await stack.queue.attempts(ep.id)
+    newest, oldest = await stack.store.figures.attempts(ep.id)
     assert newest["status"] == 200 and oldest["status"] == 503
     assert "503" in oldest["reason"] and oldest["latency"] >= 0
-    stats = await stack.queue.stats(ep.id)
+    stats = await stack.store.figures.stats(ep.id)
     assert stats["delivered"] == "1" and stats["failed"] == "1"
     assert float(stats["last_success"]) > 0 and "503" in stats["last_failure"]

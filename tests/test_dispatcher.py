@@ -26,12 +26,12 @@ async def test_5xx_then_2xx_is_delivered_after_a_retry(stack: Stack, endpoint: E
     await endpoint.wait_for(lambda: endpoint.ids()[wid] == 3, 10, "three attempts")
 
     async def settled() -> bool:
-        s = await stack.queue.stats(ep.id)
+        s = await stack.store.figures.stats(ep.id)
         return s.get("delivered") == "1" and s.get("failed") == "2"
 
     await eventually(settled, 5, "1 delivered and 2 failed attempts in the figures")
     assert [r.headers["webhook-id"] for r in endpoint.received] == [wid] * 3
-    assert await stack.queue.dead_letters() == []
+    assert await stack.store.dead_letters.find() == []
 
 
 async def test_always_failing_endpoint_ends_in_the_dead_letter_with_its_reason(
@@ -41,17 +41,17 @@ async def test_always_failing_endpoint_ends_in_the_dead_letter_with_its_reason(
     _, body = await stack.send(key, b"payload")
 
     async def dead() -> bool:
-        return len(await stack.queue.dead_letters()) == 1
+        return len(await stack.store.dead_letters.find()) == 1
 
     await eventually(dead, 10, "the dead letter")
-    (letter,) = await stack.queue.dead_letters()
+    (letter,) = await stack.store.dead_letters.find()
     assert letter.webhook.id == body["id"]
     assert letter.webhook.attempt == 3
     assert letter.webhook.body == b"payload"
     assert "gave up after 3 attempts" in letter.reason and "500" in letter.reason
     assert endpoint.ids()[body["id"]] == 3
-    assert (await stack.queue.stats(ep.id))["dead"] == "1"
-    assert (await stack.queue.backlog("default"))["retry_scheduled"] == 0
+    assert (await stack.store.figures.stats(ep.id))["dead"] == "1"
+    assert (await stack.store.figures.backlog("default"))["retry_scheduled"] == 0
 
 
 async def test_redirects_timeouts_and_dropped_connections_are_retryable_failures(
@@ -75,10 +75,10 @@ async def test_redirects_timeouts_and_dropped_connections_are_retryable_failures
             await stack.send(key)
 
         async def three_dead() -> bool:
-            return len(await stack.queue.dead_letters()) == 3
+            return len(await stack.store.dead_letters.find()) == 3
 
         await eventually(three_dead, 15, "three dead letters")
-        reasons = {d.webhook.endpoint: d.reason for d in await stack.queue.dead_letters()}
+        reasons = {d.webhook.endpoint: d.reason for d in await stack.store.dead_letters.find()}
         for path, (_, reason) in cases.items():
             assert reason in reasons[f"test/{path[1:]}"]
         assert "/target" not in {r.path for r in endpoint.received}, "a redirect was followed"
@@ -177,5 +177,5 @@ async def test_410_gone_disables_the_endpoint_and_dead_letters_what_is_queued(
     status_, body = await stack.send(key)
     assert (status_, body["error"]) == (409, "endpoint_disabled")
     assert "410" in body["reason"]
-    (letter,) = await stack.queue.dead_letters()
+    (letter,) = await stack.store.dead_letters.find()
     assert "410" in letter.reason

@@ -129,7 +129,7 @@ async def test_body_arrives_byte_identical_and_its_object_is_deleted(
         assert signature_valid(stack.secrets[ep.id], got.headers, got.body)
 
         async def counted() -> bool:
-            return (await stack.queue.stats(ep.id)).get("delivered") == "1"
+            return (await stack.store.figures.stats(ep.id)).get("delivered") == "1"
 
         await eventually(counted, 10, "the delivery to be recorded")
 
@@ -185,7 +185,7 @@ async def test_gcs_down_while_dispatching_is_retried_and_delivered_after_it_retu
         await stack.start_dispatcher()
 
         async def deferred() -> bool:
-            return (await stack.queue.backlog("default"))["retry_scheduled"] == 1
+            return (await stack.store.figures.backlog("default"))["retry_scheduled"] == 1
 
         await eventually(deferred, 15, "the delivery to be put off while GCS is down")
         assert endpoint.received == []
@@ -195,7 +195,7 @@ async def test_gcs_down_while_dispatching_is_retried_and_delivered_after_it_retu
         assert hashlib.sha256(endpoint.received[0].body).digest() == hashlib.sha256(sent).digest()
 
         async def cleaned() -> bool:
-            return (await stack.queue.stats(ep.id)).get("delivered") == "1" and (
+            return (await stack.store.figures.stats(ep.id)).get("delivered") == "1" and (
                 await asyncio.to_thread(own_gcs.objects, bucket) == {}
             )
 

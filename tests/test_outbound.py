@@ -20,9 +20,9 @@ from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 from yarl import URL
 
 from hookline import config as config_mod
-from hookline.cli import client_session, dev_config
 from hookline.config import Config
 from hookline.errors import BlockedDestination, InvalidSpec
+from hookline.local.stack import dev_config
 from hookline.outbound import (
     LOOPBACK,
     GuardedConnector,
@@ -33,6 +33,7 @@ from hookline.outbound import (
     is_blocked,
     literal_address,
 )
+from hookline.runtime import client_session
 from tests.peers import Endpoint, eventually, redirect
 from tests.stack import Stack
 
@@ -367,15 +368,15 @@ async def test_a_blocked_endpoint_is_dead_lettered_after_one_attempt_and_never_r
         assert status == 202
 
         async def dead() -> bool:
-            return len(await stack.queue.dead_letters()) == 1
+            return len(await stack.store.dead_letters.find()) == 1
 
         await eventually(dead, 10, "the dead letter")
-        (letter,) = await stack.queue.dead_letters()
+        (letter,) = await stack.store.dead_letters.find()
         assert letter.webhook.id == body["id"]
         assert letter.reason == "blocked destination: 127.0.0.1: loopback"
         assert letter.webhook.attempt == 1
-        assert (await stack.queue.stats(ep.id))["dead"] == "1"
-        assert (await stack.queue.backlog("default"))["retry_scheduled"] == 0
+        assert (await stack.store.figures.stats(ep.id))["dead"] == "1"
+        assert (await stack.store.figures.backlog("default"))["retry_scheduled"] == 0
         assert endpoint.received == []
     finally:
         await stack.stop()
@@ -391,10 +392,10 @@ async def test_a_redirect_to_the_metadata_address_is_not_followed(
         await stack.send(key)
 
         async def dead() -> bool:
-            return len(await stack.queue.dead_letters()) == 1
+            return len(await stack.store.dead_letters.find()) == 1
 
         await eventually(dead, 10, "the dead letter")
-        (letter,) = await stack.queue.dead_letters()
+        (letter,) = await stack.store.dead_letters.find()
         assert "redirect (302) not followed" in letter.reason
         assert [r.path for r in endpoint.received] == ["/public"]
     finally:

@@ -19,6 +19,6 @@ async def test_accepted_webhook_is_delivered_once(stack: Stack, endpoint: Endpoi
     assert endpoint.ids()[wid] == 1
 
     async def counted() -> bool:
-        return (await stack.queue.stats(ep.id)).get("delivered") == "1"
+        return (await stack.store.figures.stats(ep.id)).get("delivered") == "1"
 
     await eventually(counted, 5, "the delivery to be counted")

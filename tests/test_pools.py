@@ -48,7 +48,7 @@ async def test_moved_endpoint_sends_new_webhooks_to_its_new_pool_and_loses_no_qu
         )
 
         async def scheduled() -> bool:
-            return (await stack.queue.backlog("old"))["retry_scheduled"] == 3
+            return (await stack.store.figures.backlog("old"))["retry_scheduled"] == 3
 
         await eventually(scheduled, 5, "three retries scheduled in the old pool")
         # In the old pool's stream, no dispatcher of the old pool running.
@@ -65,11 +65,11 @@ async def test_moved_endpoint_sends_new_webhooks_to_its_new_pool_and_loses_no_qu
         # The new pool's dispatcher takes nothing of the old pool, not even retries now due.
 
         async def due() -> bool:
-            return (await stack.queue.backlog("old"))["retry_due"] == 3
+            return (await stack.store.figures.backlog("old"))["retry_due"] == 3
 
         await eventually(due, 6, "the old pool's retries to come due")
-        assert (await stack.queue.backlog("old"))["stream"] == 3
-        assert (await stack.queue.backlog("new"))["stream"] == 0
+        assert (await stack.store.figures.backlog("old"))["stream"] == 3
+        assert (await stack.store.figures.backlog("new"))["stream"] == 0
         assert all(endpoint.ids()[i] == 1 for i in retrying)
         assert not any(i in endpoint.ids() for i in waiting)
 
@@ -85,11 +85,14 @@ async def test_moved_endpoint_sends_new_webhooks_to_its_new_pool_and_loses_no_qu
         )
 
         async def empty() -> bool:
-            old_pool, new_pool = await stack.queue.backlog("old"), await stack.queue.backlog("new")
+            old_pool, new_pool = (
+                await stack.store.figures.backlog("old"),
+                await stack.store.figures.backlog("new"),
+            )
             return old_pool["stream"] + old_pool["retry_scheduled"] + new_pool["stream"] == 0
 
         await eventually(empty, 5, "both pools empty")
         assert set(endpoint.ids()) == {*retrying, *waiting, *fresh}
-        assert (await stack.queue.stats(ep.id))["delivered"] == "9"
+        assert (await stack.store.figures.stats(ep.id))["delivered"] == "9"
     finally:
         await stack.stop()

@@ -12,11 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hookline.cli import redis_client
 from hookline.config import Config
 from hookline.errors import StoreUnavailable
 from hookline.models import Webhook, new_id
-from hookline.queue import Queue
+from hookline.store import Store
 from tests.peers import RedisServer, eventually, free_port, require_binary
 
 
@@ -25,90 +24,86 @@ def webhook(endpoint: str = "test/a") -> Webhook:
 
 
 @pytest.fixture
-async def queue(config: Config) -> AsyncIterator[Queue]:
-    client = redis_client(config)
-    q = Queue(client, config.prefix)
-    await q.ensure_group("default")
-    yield q
-    await q.aclose()
-    await client.aclose()
+async def store(config: Config) -> AsyncIterator[Store]:
+    store = Store.connect(config)
+    await store.queue.ensure_group("default")
+    yield store
+    await store.aclose()
 
 
 async def test_deliveries_settled_together_are_each_acknowledged_and_counted(
-    queue: Queue,
+    store: Store,
 ) -> None:
     sent = [webhook("test/a") for _ in range(30)] + [webhook("test/b") for _ in range(20)]
-    await asyncio.gather(*(queue.enqueue("default", wh) for wh in sent))
-    read = await queue.read("default", "c1", 100, block_ms=100)
+    await asyncio.gather(*(store.queue.enqueue("default", wh) for wh in sent))
+    read = await store.queue.read("default", "c1", 100, block_ms=100)
     assert sorted(wh.id for _, wh in read) == sorted(wh.id for wh in sent)
-    settle = [queue.delivered("default", mid, wh.endpoint) for mid, wh in read]
+    settle = [store.queue.delivered("default", mid, wh.endpoint) for mid, wh in read]
     # Ten entries settled twice in the same batch: only the first counts.
-    settle += [queue.delivered("default", mid, wh.endpoint) for mid, wh in read[:10]]
+    settle += [store.queue.delivered("default", mid, wh.endpoint) for mid, wh in read[:10]]
     results = await asyncio.gather(*settle)
     assert results == [True] * 50 + [False] * 10
-    a, b = await queue.stats("test/a"), await queue.stats("test/b")
+    a, b = await store.figures.stats("test/a"), await store.figures.stats("test/b")
     dup_a = sum(1 for _, wh in read[:10] if wh.endpoint == "test/a")
     assert (a["delivered"], b["delivered"]) == ("30", "20")
     assert int(a.get("duplicates", 0)) + int(b.get("duplicates", 0)) == 10
     assert int(a.get("duplicates", 0)) == dup_a
-    assert (await queue.backlog("default"))["stream"] == 0
+    assert (await store.figures.backlog("default"))["stream"] == 0
 
 
 async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
-    queue: Queue,
+    store: Store,
 ) -> None:
     sent = [replace(webhook(), body=bytes([i, 0xFF]), attempt=i) for i in range(3)]
-    await asyncio.gather(*(queue.enqueue("default", wh) for wh in sent))
-    read = await queue.read("default", "c1", 10, block_ms=100)
-    assert await queue.delivered("default", read[0][0], read[0][1].endpoint)
+    await asyncio.gather(*(store.queue.enqueue("default", wh) for wh in sent))
+    read = await store.queue.read("default", "c1", 10, block_ms=100)
+    assert await store.queue.delivered("default", read[0][0], read[0][1].endpoint)
     # The first was settled meanwhile (say by a dispatcher that reclaimed it): not moved.
-    assert await queue.defer("default", [(mid, 0.2) for mid, _ in read]) == 2
-    assert await queue.backlog("default") == {
+    assert await store.queue.defer("default", [(mid, 0.2) for mid, _ in read]) == 2
+    assert await store.figures.backlog("default") == {
         "stream": 0,
         "retry_due": 0,
         "retry_scheduled": 2,
     }
-    assert await queue.move_due("default") == 0  # not due yet
+    assert await store.queue.move_due("default") == 0  # not due yet
     await asyncio.sleep(0.3)
-    assert await queue.move_due("default") == 2
-    again = await queue.read("default", "c1", 10, block_ms=100)
+    assert await store.queue.move_due("default") == 2
+    again = await store.queue.read("default", "c1", 10, block_ms=100)
     assert [wh for _, wh in again] == sent[1:]
-    assert (await queue.stats("test/a")).get("failed") is None  # a deferral is no attempt
+    assert (await store.figures.stats("test/a")).get("failed") is None  # a deferral is no attempt
 
 
-async def test_settling_works_after_redis_lost_its_script_cache(queue: Queue) -> None:
+async def test_settling_works_after_redis_lost_its_script_cache(store: Store) -> None:
     wh = webhook()
-    await queue.enqueue("default", wh)
-    await queue.enqueue("default", webhook(), idempotency_key="k1")
-    (mid, _), (mid2, second) = await queue.read("default", "c1", 10, block_ms=100)
-    await queue.redis.script_flush()
-    assert await queue.delivered("default", mid, wh.endpoint)
-    await queue.redis.script_flush()
-    assert await queue.reschedule("default", mid2, second, 0.0)
-    await queue.redis.script_flush()
-    assert await queue.move_due("default") == 1
-    again = await queue.enqueue("default", webhook(), idempotency_key="k1")
+    await store.queue.enqueue("default", wh)
+    await store.queue.enqueue("default", webhook(), idempotency_key="k1")
+    (mid, _), (mid2, second) = await store.queue.read("default", "c1", 10, block_ms=100)
+    await store.redis.script_flush()
+    assert await store.queue.delivered("default", mid, wh.endpoint)
+    await store.redis.script_flush()
+    assert await store.queue.reschedule("default", mid2, second, 0.0)
+    await store.redis.script_flush()
+    assert await store.queue.move_due("default") == 1
+    again = await store.queue.enqueue("default", webhook(), idempotency_key="k1")
     assert again == second.id, "the Idempotency-Key still maps to its first id"
 
 
 async def test_every_waiting_writer_gets_store_unavailable_while_redis_is_down(
     own_redis: RedisServer, config: Config
 ) -> None:
-    client = redis_client(replace(config, redis_url=own_redis.url))
-    queue = Queue(client, config.prefix)
+    store = Store.connect(replace(config, redis_url=own_redis.url))
     try:
-        await queue.enqueue("default", webhook())
+        await store.queue.enqueue("default", webhook())
         own_redis.stop(kill=True)
         results = await asyncio.gather(
-            *(queue.enqueue("default", webhook()) for _ in range(100)), return_exceptions=True
+            *(store.queue.enqueue("default", webhook()) for _ in range(100)), return_exceptions=True
         )
         assert all(isinstance(r, StoreUnavailable) for r in results), results[:3]
         own_redis.start()
-        await queue.enqueue("default", webhook())
-        assert (await queue.backlog("default"))["stream"] == 2
+        await store.queue.enqueue("default", webhook())
+        assert (await store.figures.backlog("default"))["stream"] == 2
     finally:
-        await queue.aclose()
-        await client.aclose()
+        await store.aclose()
 
 
 async def test_a_silent_redis_is_a_store_failure_not_a_hang(config: Config) -> None:
@@ -119,16 +114,14 @@ async def test_a_silent_redis_is_a_store_failure_not_a_hang(config: Config) -> N
 
     port = free_port()
     server = await asyncio.start_server(silent, "127.0.0.1", port)
-    client = redis_client(
+    store = Store.connect(
         replace(config, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
     )
-    queue = Queue(client, config.prefix)
     try:
         with pytest.raises(StoreUnavailable, match="did not answer"):
-            await queue.enqueue("default", webhook())
+            await store.queue.enqueue("default", webhook())
     finally:
-        await queue.aclose()
-        await client.aclose()
+        await store.aclose()
         for w in accepted:
             w.close()
         server.close()
@@ -144,24 +137,20 @@ async def test_writes_use_the_urls_user_password_and_database(
     await admin.aclose()
     host = f"127.0.0.1:{own_redis.port}"
     for url, db in ((f"redis://hl:s3cret@{host}/3", 3), (f"redis://:rootpw@{host}/2", 2)):
-        client = redis_client(replace(config, redis_url=url))
-        queue = Queue(client, config.prefix)
+        store = Store.connect(replace(config, redis_url=url))
         try:
-            await queue.enqueue("default", webhook())
+            await store.queue.enqueue("default", webhook())
             check = aioredis.from_url(f"redis://:rootpw@{host}/{db}")
-            assert await check.xlen(queue.stream("default")) == 1
+            assert await check.xlen(store.queue.stream("default")) == 1
             await check.aclose()
         finally:
-            await queue.aclose()
-            await client.aclose()
-    bad = redis_client(replace(config, redis_url=f"redis://hl:wrong@{host}/0"))
-    queue = Queue(bad, config.prefix)
+            await store.aclose()
+    store = Store.connect(replace(config, redis_url=f"redis://hl:wrong@{host}/0"))
     try:
         with pytest.raises(StoreUnavailable):
-            await queue.enqueue("default", webhook())
+            await store.queue.enqueue("default", webhook())
     finally:
-        await queue.aclose()
-        await bad.aclose()
+        await store.aclose()
 
 
 @pytest.fixture
@@ -187,13 +176,11 @@ async def test_writes_over_a_unix_socket(unix_redis: Path, config: Config) -> No
         except (OSError, RedisError):
             return False
 
-    client = redis_client(replace(config, redis_url=f"unix://{unix_redis}?db=1"))
-    queue = Queue(client, config.prefix)
+    store = Store.connect(replace(config, redis_url=f"unix://{unix_redis}?db=1"))
     try:
         await eventually(answers, 10, "redis-server on its unix socket")
-        await queue.enqueue("default", webhook())
-        assert await check.xlen(queue.stream("default")) == 1
+        await store.queue.enqueue("default", webhook())
+        assert await check.xlen(store.queue.stream("default")) == 1
     finally:
-        await queue.aclose()
-        await client.aclose()
+        await store.aclose()
         await check.aclose()

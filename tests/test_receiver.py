@@ -9,14 +9,14 @@ from dataclasses import replace
 import aiohttp
 
 from hookline.config import Config
-from hookline.manifests import new_key
 from hookline.models import key_hash
+from hookline.signing import new_key
 from tests.peers import Endpoint, RedisServer
 from tests.stack import Stack
 
 
 async def backlog(stack: Stack, pool: str = "default") -> int:
-    return (await stack.queue.backlog(pool))["stream"]
+    return (await stack.store.figures.backlog(pool))["stream"]
 
 
 async def test_missing_and_unknown_keys_get_json_errors_and_enqueue_nothing(

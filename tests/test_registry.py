@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from hookline.config import Config
 from hookline.models import key_hash
-from hookline.registry import Registry, RegistryCache
+from hookline.store import RegistryCache
 from tests.peers import Endpoint, eventually
 from tests.stack import Stack
 
@@ -15,8 +15,8 @@ from tests.stack import Stack
 async def test_keys_are_stored_hashed_never_in_clear(stack: Stack, endpoint: Endpoint) -> None:
     _, key = await stack.add_endpoint(endpoint.url("/a"))
     dump = b"".join(
-        [k + v for k, v in (await stack.redis.hgetall(stack.registry.keys_key)).items()]
-        + list((await stack.redis.hgetall(stack.registry.endpoints_key)).values())
+        [k + v for k, v in (await stack.redis.hgetall(stack.store.keys.key_index)).items()]
+        + list((await stack.redis.hgetall(stack.store.keys.endpoints)).values())
     )
     assert key.encode() not in dump
     assert key_hash(key).encode() in dump
@@ -41,13 +41,13 @@ async def test_the_periodic_reload_repairs_a_missed_notification(
     config: Config, endpoint: Endpoint, stack: Stack
 ) -> None:
     ep, _ = await stack.add_endpoint(endpoint.url("/a"), name="quiet")
-    cache = RegistryCache(Registry(stack.redis, config.prefix), refresh_interval=0.3)
+    cache = RegistryCache(stack.store.registry, refresh_interval=0.3)
     await cache.start()
     try:
         assert cache.get(ep.id) == ep
         # A write that announces nothing (as if the notification were lost).
         moved = replace(ep, url=endpoint.url("/b"))
-        await stack.redis.hset(stack.registry.endpoints_key, ep.id, moved.to_json())
+        await stack.redis.hset(stack.store.keys.endpoints, ep.id, moved.to_json())
 
         async def reloaded() -> bool:
             return cache.get(ep.id) == moved

@@ -10,7 +10,7 @@ from hookline.config import Config
 from hookline.errors import InvalidSpec
 from hookline.models import Webhook, new_id
 from hookline.operator.scaler import Decision, History, Policy, Work, decide, policy_from
-from hookline.queue import Queue
+from hookline.store import Store
 
 P = Policy(pool="default", min_replicas=1, max_replicas=20, target=10, window=300.0)
 
@@ -143,19 +143,20 @@ def test_invalid_policy_is_refused_with_the_reason(
 
 async def test_queue_reports_lag_and_pending_of_the_consumer_group(config: Config) -> None:
     client = aioredis.from_url(config.redis_url)
-    queue = Queue(client, config.prefix)
+    store = Store(client, config)
+    queue, figures = store.queue, store.figures
     try:
-        assert await queue.group("p") == {"lag": 0, "pending": 0, "consumers": 0}
+        assert await figures.group("p") == {"lag": 0, "pending": 0, "consumers": 0}
         for _ in range(5):
             await queue.enqueue("p", Webhook(new_id(), "ns/ep", {}, b"{}"))
-        assert await queue.group("p") == {"lag": 5, "pending": 0, "consumers": 0}
+        assert await figures.group("p") == {"lag": 5, "pending": 0, "consumers": 0}
         await queue.ensure_group("p")
         read = await queue.read("p", "c1", 2, block_ms=10)
-        assert await queue.group("p") == {"lag": 3, "pending": 2, "consumers": 1}
+        assert await figures.group("p") == {"lag": 3, "pending": 2, "consumers": 1}
         await queue.delivered("p", read[0][0], "ns/ep")
-        assert await queue.group("p") == {"lag": 3, "pending": 1, "consumers": 1}
-        backlog = await queue.backlog("p")
+        assert await figures.group("p") == {"lag": 3, "pending": 1, "consumers": 1}
+        backlog = await figures.backlog("p")
         assert backlog["stream"] == 4  # lag + pending: settled entries leave the stream
     finally:
-        await queue.aclose()
+        await store.aclose()
         await client.aclose()

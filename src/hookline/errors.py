@@ -1,38 +1,62 @@
-"""The few exceptions hookline raises, wrapped at the boundary of every client library.
+"""The few exceptions hookline raises, and the one place third-party errors become them.
 
     HooklineError
-    ├── StoreUnavailable   Redis or the body store cannot be reached: temporary, retry later
-    ├── InvalidSpec        an endpoint definition or configuration is wrong: permanent
-    ├── BodyMissing        a stored body is gone (expired, deleted): permanent for that webhook
-    ├── BodyTooLarge       a body exceeded its cap while streaming: permanent for that request
-    └── BlockedDestination the SSRF guard refused an endpoint's address: permanent
+    ├── TemporaryError       may succeed later: retry (``retry_after`` seconds)
+    │   ├── StoreUnavailable     Redis or the body store cannot be reached
+    │   └── ApiUnavailable       the Kubernetes API did not answer as it should
+    └── PermanentError       retrying the same thing will not help
+        ├── InvalidSpec          a definition, setting or argument is wrong
+        ├── BodyMissing          a stored body is gone (expired, deleted)
+        ├── BodyTooLarge         a body exceeded its cap while streaming
+        ├── BlockedDestination   the SSRF guard refused an endpoint's address
+        └── SecretConflict       a Secret under a generated name is not hookline's
 
-Callers never see ``redis.exceptions`` or aiohttp's errors from the core; the
-permanent/temporary split is the retry decision in the dispatcher and the operator.
+The split is the retry decision, in the dispatcher and in the operator (as kopf's
+``TemporaryError`` / ``PermanentError``). Client libraries' exceptions are turned into
+this tree at their boundary by :func:`map_exceptions` (as httpx's ``map_exceptions``):
+the store maps Redis's, the operator's Kubernetes client maps lightkube's and httpx's;
+no other module sees them.
 """
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 
 class HooklineError(Exception):
     """Base of every hookline error."""
 
 
-class StoreUnavailable(HooklineError):
-    """A store (Redis, the body store) is unreachable; the operation may succeed later."""
+class TemporaryError(HooklineError):
+    """The operation may succeed later."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class InvalidSpec(HooklineError):
-    """An endpoint definition or a configuration value is invalid; retrying will not help."""
+class PermanentError(HooklineError):
+    """Retrying the same operation will not help."""
 
 
-class BodyMissing(HooklineError):
+class StoreUnavailable(TemporaryError):
+    """A store (Redis, the body store) is unreachable."""
+
+
+class ApiUnavailable(TemporaryError):
+    """The Kubernetes API did not answer as it should."""
+
+
+class InvalidSpec(PermanentError):
+    """An endpoint definition, a configuration value or a command's argument is invalid."""
+
+
+class BodyMissing(PermanentError):
     """A body reference points at nothing: the webhook cannot be delivered."""
 
 
-class BodyTooLarge(HooklineError):
+class BodyTooLarge(PermanentError):
     """A body grew past its cap while it was being read."""
 
     def __init__(self, limit: int) -> None:
@@ -40,9 +64,33 @@ class BodyTooLarge(HooklineError):
         self.limit = limit
 
 
-class BlockedDestination(HooklineError):
-    """The outbound guard refused to connect (see :mod:`hookline.outbound`): a permanent failure."""
+class BlockedDestination(PermanentError):
+    """The outbound guard refused to connect (see :mod:`hookline.outbound`)."""
 
     def __init__(self, why: str) -> None:
         super().__init__(f"blocked destination: {why}")
         self.why = why
+
+
+class SecretConflict(PermanentError):
+    """A Secret exists under a name the operator generates (``NAME-key``, ``NAME-signing``)
+    but is not one hookline generated for this endpoint; the operator never changes it."""
+
+
+@contextlib.contextmanager
+def map_exceptions(
+    mapping: Mapping[type[BaseException], type[HooklineError]],
+    what: str,
+    describe: Callable[[BaseException], str] = str,
+) -> Iterator[None]:
+    """Raise the first matching hookline error, ``"<what>: <description>"``, from an
+    exception of a client library; hookline's own errors and anything unmapped pass."""
+    try:
+        yield
+    except HooklineError:
+        raise
+    except Exception as exc:
+        for kind, error in mapping.items():
+            if isinstance(exc, kind):
+                raise error(f"{what}: {describe(exc) or type(exc).__name__}") from exc
+        raise

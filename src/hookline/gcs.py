@@ -1,6 +1,6 @@
 """Bodies in Google Cloud Storage, for receivers and dispatchers that run on several machines.
 
-Built by the entry point (:func:`hookline.cli.body_store` when
+Built by the entry point (:func:`hookline.runtime.body_store` when
 ``HOOKLINE_BODY_STORE=gcs``) and used by the receiver (``put``) and the
 dispatcher (``open``, ``delete``) through the :class:`~hookline.bodies.BodyStore`
 protocol. It uses the official ``google-cloud-storage`` client, whose calls

@@ -16,7 +16,7 @@ CIDR allow list) and enforces that decision where the connection is made:
   socket connects and the peer address of the connected socket after.
 
 A refusal raises :class:`~hookline.errors.BlockedDestination`, which the
-dispatcher turns into a permanent failure. ``hookline.cli.client_session`` builds
+dispatcher turns into a permanent failure. ``hookline.runtime.client_session`` builds
 the dispatcher's session on :func:`connector`. See ``docs/outbound.md``.
 """
 

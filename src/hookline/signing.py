@@ -1,4 +1,7 @@
-"""Standard Webhooks signatures: what the dispatcher attaches to every delivery.
+"""Standard Webhooks signatures, and the generation of every secret hookline makes.
+
+:func:`new_key` makes ingest keys and :func:`new_secret` signing secrets, for the
+operator (generated Secrets) and the local stack alike.
 
 ``webhook-signature`` is a space-separated list of ``v1,<base64 HMAC-SHA256>``
 over ``"{id}.{timestamp}.{body}"``, one per valid secret, so a receiver that
@@ -13,6 +16,7 @@ import functools
 import hashlib
 import hmac
 import os
+import secrets
 from binascii import b2a_base64
 
 from hookline.errors import InvalidSpec
@@ -21,7 +25,13 @@ from hookline.models import SigningSecret
 PREFIX = "whsec_"
 
 
+def new_key() -> str:
+    """An ingest key (``X-WH-Endpoint-Key``); only its SHA-256 is ever stored."""
+    return "whk_" + secrets.token_urlsafe(24)
+
+
 def new_secret(nbytes: int = 32) -> str:
+    """A signing secret, ``whsec_`` and base64 as Standard Webhooks has it."""
     return PREFIX + base64.b64encode(os.urandom(nbytes)).decode()
 
 

@@ -11,8 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from hookline.config import Config
-from hookline.queue import Queue
-from hookline.registry import Registry
+from hookline.store import Queue, Registry, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.peers import REPO
 
@@ -62,14 +61,18 @@ def operator(
 
 
 @pytest.fixture
-async def registry(config: Config) -> AsyncIterator[Registry]:
+async def store(config: Config) -> AsyncIterator[Store]:
     client = aioredis.from_url(config.redis_url)
-    yield Registry(client, config.prefix)
+    yield (store := Store(client, config))
+    await store.aclose()
     await client.aclose()
 
 
 @pytest.fixture
-async def queue(registry: Registry, config: Config) -> AsyncIterator[Queue]:
-    q = Queue(registry.redis, config.prefix)
-    yield q
-    await q.aclose()
+def registry(store: Store) -> Registry:
+    return store.registry
+
+
+@pytest.fixture
+def queue(store: Store) -> Queue:
+    return store.queue

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hookline.models import Endpoint
-from hookline.registry import Registry
+from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess, manifest
 from tests.peers import eventually
 

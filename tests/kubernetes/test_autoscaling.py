@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hookline.config import Config
 from hookline.models import Webhook, new_id
-from hookline.queue import Queue
+from hookline.store import Figures, Queue, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import operator_env
 from tests.kubernetes.helpers import apply
@@ -106,7 +106,7 @@ async def drain(queue: Queue, pool: str) -> None:
     while entries := await queue.read(pool, "test-consumer", 100, block_ms=10):
         for msg_id, webhook in entries:
             await queue.delivered(pool, msg_id, webhook.endpoint)
-    assert (await queue.backlog(pool))["stream"] == 0
+    assert (await Figures(queue.conn).backlog(pool))["stream"] == 0
 
 
 # -- reading the cluster and the operator
@@ -395,7 +395,8 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
     config = make_config(own_redis.url, "outage", str(tmp_path / "bodies"))
     op = scaling_operator(cluster, config, namespace, tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
-    queue = Queue(client, config.prefix)
+    store = Store(client, config)
+    queue = store.queue
     try:
         op.start()
         await apply(
@@ -414,7 +415,8 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
         assert event["type"] == "Warning"
         assert "replicas stay at 3" in event["message"]
         assert re.search(
-            r"work cannot be measured, replicas stay at 3: (scaler lease|queue): ", event["message"]
+            r"work cannot be measured, replicas stay at 3: (scaler lease|figures): ",
+            event["message"],
         ), event["message"]
         assert sample(op, "hookline_scaler_metrics_available", pool="steady") == 0
         await ticks_pass(op, 4)
@@ -430,7 +432,7 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
         await eventually(measured, 15, f"the pool measured again\n{op.tail()}")
     finally:
         op.stop()
-        await queue.aclose()
+        await store.aclose()
         await client.aclose()
 
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hookline.config import Config
-from hookline.registry import Registry
+from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess, manifest
 from tests.kubernetes.conftest import operator_env
 from tests.kubernetes.helpers import apply, condition, endpoint_doc, registered, until_status

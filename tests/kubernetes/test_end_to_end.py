@@ -8,8 +8,8 @@ import time
 
 from standardwebhooks import Webhook
 
-from hookline.registry import Registry
 from hookline.signing import new_secret
+from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import INTERVAL
 from tests.kubernetes.helpers import (

@@ -34,7 +34,7 @@ from hookline import config as config_mod
 from hookline.config import Config
 from hookline.errors import InvalidSpec
 from hookline.models import key_hash
-from hookline.registry import Registry
+from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import operator_env
 from tests.kubernetes.helpers import (

@@ -14,8 +14,7 @@ import redis.asyncio as aioredis
 
 from hookline.config import Config
 from hookline.models import key_hash
-from hookline.queue import Queue
-from hookline.registry import Registry
+from hookline.store import Queue, Registry, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import INTERVAL, operator_env
 from tests.kubernetes.helpers import (
@@ -169,7 +168,8 @@ async def test_flushed_redis_is_refilled_within_one_interval(
     config = make_config(own_redis.url, "flush", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
-    registry = Registry(client, config.prefix)
+    store = Store(client, config)
+    registry = store.registry
     try:
         op.start()
         await apply(
@@ -192,9 +192,12 @@ async def test_flushed_redis_is_refilled_within_one_interval(
         assert time.monotonic() - flushed < INTERVAL + 2
         # The key index came back too: a receiver finds the endpoint by its key.
         key = await secret_value(cluster, "a-key", namespace, "key")
-        assert await client.hget(registry.keys_key, key_hash(key)) == f"{namespace}/a".encode()  # type: ignore[misc]
+        assert (
+            await client.hget(registry.keys.key_index, key_hash(key)) == f"{namespace}/a".encode()
+        )  # type: ignore[misc]
     finally:
         op.stop()
+        await store.aclose()
         await client.aclose()
 
 
@@ -223,7 +226,7 @@ async def test_restarted_operator_handles_nothing_twice(
     secret_before = await cluster.get("secret", "steady-key", namespace)
     events_before = (await cluster.akubectl("get", "events", "-n", namespace, "-o", "json")).stdout
 
-    async with registry.redis.pubsub() as pubsub:
+    async with registry.conn.redis.pubsub() as pubsub:
         await pubsub.subscribe(registry.channel)
         assert operator.stop() == 0
         resumed = len(operator.handled("Handler 'resume' succeeded"))
@@ -270,7 +273,8 @@ async def test_redis_down_is_reported_and_retried_until_registered(
     config = make_config(own_redis.url, "down", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
-    registry = Registry(client, config.prefix)
+    store = Store(client, config)
+    registry = store.registry
     try:
         op.start()
         own_redis.stop()
@@ -294,6 +298,7 @@ async def test_redis_down_is_reported_and_retried_until_registered(
         await registered(registry, f"{namespace}/patient", op)
     finally:
         op.stop()
+        await store.aclose()
         await client.aclose()
 
 
@@ -404,7 +409,7 @@ async def test_operator_at_rest_logs_no_line_per_tick_and_one_per_creation(
         # changes in Redis (as a dispatcher's delivery changes it) and reaches its status.
         for delivered in (1, 2, 3):
             for n in names:
-                await queue.redis.hincrby(queue.stats_key(f"{namespace}/{n}"), "delivered", 1)  # type: ignore[misc]
+                await queue.conn.redis.hincrby(queue.keys.stats(f"{namespace}/{n}"), "delivered", 1)  # type: ignore[misc]
             await _figures(cluster, namespace, names, delivered, op)
         info = [ln for ln in lines()[at_rest:] if " INFO " in ln]
         assert info == [], "\n".join(info)

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from hookline.config import Config
 from hookline.operator.main import API_CHECK_INTERVAL, API_STALE_AFTER
-from hookline.registry import Registry
+from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import CRD, operator_env
 from tests.kubernetes.helpers import apply, endpoint_doc, probe, registered, until_probe

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hookline.sink import verify
+from hookline.local.sink import verify
 from tests.history import History
 from tests.kubernetes.test_helm import Helm
 from tests.node.cluster import NODE_IP, Node

@@ -15,12 +15,10 @@ import pytest
 from opentelemetry import propagate
 from opentracing.propagation import Format
 
-from hookline.cli import redis_client
 from hookline.config import Config
-from hookline.manifests import new_key
 from hookline.models import SigningSecret, endpoint_from_spec
-from hookline.registry import Registry
-from hookline.signing import new_secret
+from hookline.signing import new_key, new_secret
+from hookline.store import Store
 from hookline.tracing import RECEIVER, setup
 from tests.peers import Endpoint, eventually, ok
 from tests.tracing.jaeger import JaegerServer, jaeger_id
@@ -92,12 +90,12 @@ async def test_receiver_and_dispatcher_processes_trace_by_the_otel_variables(
 ) -> None:
     key = new_key()
     spec = {"url": endpoint.on("/proc", ok)}
-    redis = redis_client(config)
+    store = Store.connect(config)
     try:
         ep = endpoint_from_spec("test/proc", spec, [key], [SigningSecret(new_secret())], config)
-        await Registry(redis, config.prefix).put(ep)
+        await store.registry.put(ep)
     finally:
-        await redis.aclose()
+        await store.aclose()
     url = f"http://127.0.0.1:{config.receiver_port}"
     async with aiohttp.ClientSession() as session:
 

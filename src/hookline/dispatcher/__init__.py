@@ -1,5 +1,9 @@
-"""The delivery workers: one pool's stream in, signed POSTs to endpoints out."""
+"""The delivery workers: one pool's stream in, signed POSTs to endpoints out.
 
-from hookline.dispatcher.worker import Dispatcher, classify
+``hookline dispatcher`` calls :func:`run`.
+"""
 
-__all__ = ["Dispatcher", "classify"]
+from hookline.dispatcher.main import run
+from hookline.dispatcher.worker import Dispatcher
+
+__all__ = ["Dispatcher", "run"]

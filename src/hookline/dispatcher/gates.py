@@ -8,16 +8,16 @@ endpoint never holds a worker that another endpoint could use.
 
 * **Concurrency.** Each process allows at most ``endpoint_concurrency`` deliveries
   to one endpoint (a hanging endpoint cannot take every worker). ``spec.maxInFlight``
-  is enforced across all replicas with a Redis sorted set of leases that expire
-  after the endpoint's timeout, so a crashed dispatcher's slots free themselves.
+  is enforced across all replicas with leases in Redis that expire after the
+  endpoint's timeout, so a crashed dispatcher's slots free themselves
+  (:mod:`hookline.store.leases`).
 * **Rate.** ``spec.rateLimit`` is a token bucket in Redis, refilled from Redis's
   own clock, shared by all replicas. It is exact up to the moment an admitted
   request is sent: admitted requests leave within milliseconds, so the endpoint
   sees at most ``burst`` above the rate over any second.
 * **Circuit.** The queue's settle scripts count each endpoint's consecutive
-  failed attempts across all dispatchers and open its circuit for
-  ``circuit_cooldown`` once they reach ``circuit_threshold`` (see
-  :mod:`hookline.queue`). While it is open, deliveries are deferred until it
+  failed attempts across all dispatchers; :func:`hookline.dispatcher.policy.circuit_open`
+  says what that streak means. While it is open, deliveries are deferred until it
   closes; then one probe, chosen through Redis, decides: a success closes it,
   a failure opens it again. Each process learns the state from its own outcomes
   and refreshes it for failing endpoints every second.
@@ -32,46 +32,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from hookline.config import Config
-from hookline.errors import StoreUnavailable
+from hookline.dispatcher.policy import circuit_open
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Endpoint
-from hookline.queue import Queue, Settled
-
-# KEYS: in-flight leases (zset), token bucket (hash)
-# ARGV: lease id, max in flight (0: none), lease ms, rate per second (0: none), burst
-# Returns 0 (admitted), -1 (at max in flight) or the milliseconds until a token.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cap = tonumber(ARGV[2])
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  if redis.call('ZCARD', KEYS[1]) >= cap then return -1 end
-end
-local rate = tonumber(ARGV[4])
-if rate > 0 then
-  local burst = tonumber(ARGV[5])
-  local tokens = tonumber(redis.call('HGET', KEYS[2], 'tokens') or burst)
-  local ts = tonumber(redis.call('HGET', KEYS[2], 'ts') or now)
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  if tokens < 1 then
-    redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', now)
-    return math.ceil((1 - tokens) * 1000 / rate)
-  end
-  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'ts', now)
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
-end
-if cap > 0 then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-end
-return 0
-"""
-
+from hookline.store import Settled, Store
 
 # An endpoint whose attempts take less than this is waited for when it is at its
 # per-process cap (at most this long), instead of deferred through Redis.
@@ -94,13 +59,11 @@ class Ticket:
 
 
 class Gates:
-    def __init__(self, redis: aioredis.Redis, queue: Queue, config: Config, metrics: Metrics):
-        self.redis = redis
-        self.queue = queue
+    def __init__(self, store: Store, config: Config, metrics: Metrics):
+        self.leases = store.leases
+        self.figures = store.figures
         self.config = config
         self.metrics = metrics
-        self.prefix = config.prefix
-        self._acquire = redis.register_script(_ACQUIRE)
         self._local: Counter[str] = Counter()
         # endpoint → in-flight start times, oldest first (tickets are added as they start)
         self._starts: dict[str, dict[int, float]] = {}
@@ -114,15 +77,15 @@ class Gates:
 
     def circuit_open(self, endpoint_id: str, now: float) -> bool:
         streak, until = self._health.get(endpoint_id, (0, 0.0))
-        return streak >= self.config.circuit_threshold and now < until
+        return circuit_open(streak, until, self.config.circuit_threshold, now)
 
     def refuse(self, endpoint: Endpoint, now: float) -> Deferred | None:
         """A refusal this process can tell at once, without Redis or waiting: the circuit is
         open, or the endpoint is at this process's cap and not fast enough to wait for.
         None: ask :meth:`admit`. The dispatcher asks before it starts a delivery at all, so
         a saturated endpoint's backlog costs a read and a batched deferral, no task."""
-        streak, until = self._health.get(endpoint.id, (0, 0.0))
-        if streak >= self.config.circuit_threshold and now < until:
+        if self.circuit_open(endpoint.id, now):
+            until = self._health[endpoint.id][1]
             return Deferred("circuit open", until - now + random.uniform(0, 1))
         cap = self._cap(endpoint)
         if self._local[endpoint.id] >= cap and not self._fast(endpoint.id):
@@ -138,20 +101,20 @@ class Gates:
             return refused
         probe = False
         if self._health.get(endpoint.id, (0, 0.0))[0] >= self.config.circuit_threshold:
-            probe = await self._claim_probe(endpoint)
+            probe = await self.leases.claim_probe(endpoint)
             if not probe:
                 return Deferred("circuit half-open: a probe is in flight", self._short())
         cap = self._cap(endpoint)
         if self._local[endpoint.id] >= cap and not await self._local_slot(endpoint.id, cap):
-            await self._drop_probe(endpoint.id, probe)
+            await self.leases.release(endpoint.id, None, probe)
             delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
             return Deferred("endpoint at its concurrency limit", delay)
         lease = None
         if endpoint.max_in_flight or endpoint.rate_limit:
             lease = os.urandom(8).hex()
-            wait = await self._shared(endpoint, lease)
+            wait = await self.leases.admit(endpoint, lease)
             if wait:
-                await self._drop_probe(endpoint.id, probe)
+                await self.leases.release(endpoint.id, None, probe)
                 if wait < 0:
                     delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
                     return Deferred("endpoint at maxInFlight", delay)
@@ -180,12 +143,7 @@ class Gates:
         if freed is not None:
             async with freed:
                 freed.notify()
-        try:
-            if ticket.lease is not None:
-                await self.redis.zrem(self._key("inflight", ticket.endpoint), ticket.lease)
-            await self._drop_probe(ticket.endpoint, ticket.probe)
-        except (RedisError, OSError):
-            pass  # leases and probes expire on their own
+        await self.leases.release(ticket.endpoint, ticket.lease, ticket.probe)
 
     def observe(self, endpoint_id: str, settled: Settled | None) -> None:
         """Learn the endpoint's health from an outcome (None: a success)."""
@@ -205,7 +163,7 @@ class Gates:
         if not failing:
             return
         now = time.time()
-        for endpoint_id, (streak, until) in (await self.queue.health(failing)).items():
+        for endpoint_id, (streak, until) in (await self.figures.health(failing)).items():
             if streak == 0:
                 self.observe(endpoint_id, None)
             else:
@@ -214,10 +172,7 @@ class Gates:
                     int(self.circuit_open(endpoint_id, now))
                 )
 
-    # -- Redis
-
-    def _key(self, kind: str, endpoint_id: str) -> str:
-        return f"{self.prefix}:{kind}:{endpoint_id}"
+    # -- pacing
 
     def _short(self) -> float:
         return self.config.defer_delay * random.uniform(0.5, 1.5)
@@ -282,34 +237,3 @@ class Gates:
         slot = max(self._next_slot.get(endpoint_id, now), now) + step
         self._next_slot[endpoint_id] = slot
         return max(slot - now, least) * random.uniform(1.0, 1.1)
-
-    async def _shared(self, endpoint: Endpoint, lease: str) -> int:
-        rate = endpoint.rate_limit
-        keys = [self._key("inflight", endpoint.id), self._key("rate", endpoint.id)]
-        args: list[str | int | float] = [
-            lease,
-            endpoint.max_in_flight or 0,
-            int((endpoint.timeout_seconds + 5) * 1000),
-            rate.per_second if rate else 0,
-            rate.burst if rate else 0,
-        ]
-        try:
-            return int(await self._acquire(keys, args))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"gates: {exc}") from exc
-
-    async def _claim_probe(self, endpoint: Endpoint) -> bool:
-        try:
-            ok = await self.redis.set(
-                self._key("probe", endpoint.id),
-                "1",
-                nx=True,
-                px=int((endpoint.timeout_seconds + 5) * 1000),
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"gates: {exc}") from exc
-        return bool(ok)
-
-    async def _drop_probe(self, endpoint_id: str, probe: bool) -> None:
-        if probe:
-            await self.redis.delete(self._key("probe", endpoint_id))

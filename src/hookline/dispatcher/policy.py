@@ -1,7 +1,16 @@
-"""The retry policy: what to do with a delivery outcome.
+"""The delivery policy: what an answer means and what follows from it.
 
-Pure functions of the outcome, the webhook and the endpoint's retry spec, so
-the schedule is data (``RetryPolicy``), not code scattered through the worker.
+Pure functions, each rule in one place:
+
+* :func:`classify` — an endpoint's answer as an outcome: 2xx delivered, **410 Gone
+  rejected and the endpoint disabled**, 3xx not followed, ``Retry-After`` honoured on
+  429/502/503/504;
+* :func:`decide` and :func:`backoff` — **the retry schedule**: exponential with jitter,
+  bounded by the endpoint's ``retry`` spec (data, ``RetryPolicy``, not code);
+* :func:`circuit_open` — **the circuit breaker's state** from an endpoint's failure
+  streak (the settle scripts count it across dispatchers; the gates and ``hookline
+  endpoints`` read it through this one function);
+* :func:`failing_too_long` — **auto-disable** after continuous failure.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from hookline.models import Failed, RetryPolicy, Webhook
+from hookline.models import Delivered, Failed, Outcome, Rejected, RetryPolicy, Webhook
 
 RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -64,3 +73,27 @@ def decide(
             f"gave up at age {age:.0f} s (max {policy.max_age_seconds:.0f} s): {outcome.reason}"
         )
     return Retry(delay)
+
+
+def classify(status: int, retry_after: str | None, latency: float) -> Outcome:
+    """The outcome of an answered request, as the Standard Webhooks guidance has it."""
+    if 200 <= status < 300:
+        return Delivered(status, latency)
+    if status == 410:
+        return Rejected("endpoint answered 410 Gone", status, latency, disable=True)
+    if 300 <= status < 400:
+        return Failed(f"redirect ({status}) not followed", status, latency)
+    wait = parse_retry_after(retry_after) if status in RETRY_AFTER_STATUSES else None
+    return Failed(f"endpoint answered {status}", status, latency, retry_after=wait)
+
+
+def circuit_open(streak: int, open_until: float, threshold: int, now: float) -> bool:
+    """Whether an endpoint's circuit is open: ``threshold`` consecutive failed attempts
+    opened it until ``open_until``. After that it is half-open: one probe decides."""
+    return streak >= threshold and now < open_until
+
+
+def failing_too_long(failing_since: float, disable_after: float, now: float) -> bool:
+    """Whether an endpoint that has failed continuously since ``failing_since`` (0: it is
+    not failing) is disabled."""
+    return bool(failing_since) and now - failing_since > disable_after

@@ -1,13 +1,13 @@
 """The dispatcher: reads its pool's stream and delivers each webhook to its endpoint.
 
 Called by ``hookline dispatcher`` (and the local stack) with its dependencies:
-``Dispatcher(config, cache, registry, queue, bodies, metrics, session, tracing=...)``;
+``Dispatcher(config, cache, store, bodies, metrics, session, tracing=...)``;
 with tracing on, each attempt is a CONSUMER span holding the request's CLIENT span.
 
 Per entry: look up the endpoint, pass its gates (paused, disabled), load and
 sign the body, POST it with the endpoint's deadline without following
 redirects, and settle the entry with the outcome — acknowledged, rescheduled
-or dead-lettered in one atomic step (see :mod:`hookline.queue`). An entry is
+or dead-lettered in one atomic step (see :mod:`hookline.store.queue`). An entry is
 acknowledged only after its outcome is recorded, so a crash at any moment
 leaves it pending, and another dispatcher reclaims it after ``claim_idle``.
 """
@@ -29,13 +29,12 @@ import aiohttp
 from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.dispatcher.gates import Gates
-from hookline.dispatcher.policy import RETRY_AFTER_STATUSES, GiveUp, decide, parse_retry_after
+from hookline.dispatcher.policy import GiveUp, classify, decide, failing_too_long
 from hookline.errors import BlockedDestination, BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
-from hookline.queue import GROUP, Queue, Settled
-from hookline.registry import Registry, RegistryCache
 from hookline.signing import Signer
+from hookline.store import GROUP, RegistryCache, Settled, Store
 from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
@@ -47,25 +46,12 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
-def classify(status: int, retry_after: str | None, latency: float) -> Outcome:
-    """The outcome of an answered request, as the Standard Webhooks guidance has it."""
-    if 200 <= status < 300:
-        return Delivered(status, latency)
-    if status == 410:
-        return Rejected("endpoint answered 410 Gone", status, latency, disable=True)
-    if 300 <= status < 400:
-        return Failed(f"redirect ({status}) not followed", status, latency)
-    wait = parse_retry_after(retry_after) if status in RETRY_AFTER_STATUSES else None
-    return Failed(f"endpoint answered {status}", status, latency, retry_after=wait)
-
-
 class Dispatcher:
     def __init__(
         self,
         config: Config,
         cache: RegistryCache,
-        registry: Registry,
-        queue: Queue,
+        store: Store,
         bodies: BodyStore,
         metrics: Metrics,
         session: aiohttp.ClientSession,
@@ -75,13 +61,13 @@ class Dispatcher:
         self.config = config
         self.pool = config.pool
         self.cache = cache
-        self.registry = registry
-        self.queue = queue
+        self.store = store
+        self.queue = store.queue
         self.bodies = bodies
         self.metrics = metrics
         self.session = session
         self.consumer = consumer or consumer_name()
-        self.gates = Gates(queue.redis, queue, config, metrics)
+        self.gates = Gates(store, config, metrics)
         self.tracing = tracing
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: set[bytes] = set()  # stream ids of the entries in flight here
@@ -241,7 +227,7 @@ class Dispatcher:
                 now = time.monotonic()
                 if now - last_gauge > 5.0:
                     last_gauge = now
-                    backlog = await self.queue.backlog(self.pool)
+                    backlog = await self.store.figures.backlog(self.pool)
                     self.metrics.queue_backlog.labels(self.pool).set(backlog["stream"])
                     self.metrics.retry_backlog.labels(self.pool).set(backlog["retry_scheduled"])
                 if moved:
@@ -260,7 +246,7 @@ class Dispatcher:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + 60
                     cutoff = time.time() - self.config.body_retention
-                    for ref in await self.queue.expire_dead(cutoff):
+                    for ref in await self.store.dead_letters.expire(cutoff):
                         await self.bodies.delete(ref)
             except StoreUnavailable as exc:
                 log.warning("housekeeping: %s", exc)
@@ -420,13 +406,13 @@ class Dispatcher:
     async def _observe_failure(self, endpoint: Endpoint, settled: Settled) -> None:
         self.gates.observe(endpoint.id, settled)
         since = settled.failing_since
-        if since and time.time() - since > self.config.disable_after:
+        if failing_too_long(since, self.config.disable_after, time.time()):
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
             await self._disable(endpoint, f"failing continuously since {started}", "failing")
 
     async def _disable(self, endpoint: Endpoint, reason: str, cause: str) -> None:
         if self.cache.disabled_reason(endpoint.id) is None:
-            await self.registry.disable(endpoint.id, reason)
+            await self.store.registry.disable(endpoint.id, reason)
             self.metrics.disabled.labels(cause).inc()
             log.warning("endpoint %s disabled: %s", endpoint.id, reason)
 

@@ -25,16 +25,15 @@ from collections.abc import Callable
 import kopf
 from lightkube import AsyncClient, ConfigError, KubeConfig
 
-from hookline.cli import redis_client
 from hookline.config import Config
+from hookline.errors import StoreUnavailable
 from hookline.http import serve_probes
 from hookline.metrics import Metrics
 from hookline.operator.handlers import RoutineAtDebug, build, settings
 from hookline.operator.kube import ApiUnavailable, Kube
 from hookline.operator.reconcile import Reconciler
 from hookline.operator.scaler import Scaler, ScalerMetrics
-from hookline.queue import Queue
-from hookline.registry import Registry
+from hookline.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +128,13 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
     except ConfigError as exc:
         log.error("no Kubernetes cluster configured (in-cluster or KUBECONFIG): %s", exc)
         return 2
-    redis = redis_client(config)
+    store = Store.connect(config)
     client = AsyncClient(kubeconfig, field_manager="hookline-operator")
     kube = Kube(client)
-    queue = Queue(redis, config.prefix)
-    reconciler = Reconciler(config, kube, Registry(redis, config.prefix), queue)
+    reconciler = Reconciler(config, kube, store.registry, store.figures)
     metrics = Metrics()
     namespaces = [n.strip() for n in config.operator_namespaces.split(",") if n.strip()]
-    scaler = Scaler(config, kube, queue, ScalerMetrics(metrics.registry), namespaces)
+    scaler = Scaler(config, kube, store, ScalerMetrics(metrics.registry), namespaces)
     api = ApiCheck(kube, namespaces[0] if namespaces else None)
     ready = asyncio.Event()
     halt = asyncio.Event()  # stops kopf: the caller's stop_flag, or a watch kopf gave up
@@ -150,9 +148,9 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
         if problem := api.problem():
             return problem
         try:
-            await redis.ping()  # type: ignore[misc]
-        except Exception as exc:  # any failure to answer means not ready
-            return f"redis: {exc}"
+            await store.ping()
+        except StoreUnavailable as exc:
+            return str(exc)
         return None
 
     tasks = [
@@ -192,8 +190,7 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
-        await queue.aclose()
-        await redis.aclose()
+        await store.aclose()
     if failure.failure:
         log.error("stopped: kopf gave up watching (%s); a restart starts it again", failure.failure)
         return 1

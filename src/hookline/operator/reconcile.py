@@ -32,13 +32,11 @@ from typing import Any
 
 from hookline.config import Config
 from hookline.errors import HooklineError, InvalidSpec, StoreUnavailable
-from hookline.manifests import new_key
 from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
 from hookline.operator import status as st
 from hookline.operator.kube import GROUP, KIND, VERSION, ApiUnavailable, Kube, SecretConflict
-from hookline.queue import Queue
-from hookline.registry import Registry
-from hookline.signing import new_secret, secret_bytes
+from hookline.signing import new_key, new_secret, secret_bytes
+from hookline.store import Figures, Registry
 
 SecretName = tuple[str, str]  # (namespace, name)
 
@@ -115,13 +113,13 @@ class Reconciler:
         config: Config,
         kube: Kube,
         registry: Registry,
-        queue: Queue,
+        figures: Figures,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.kube = kube
         self.registry = registry
-        self.queue = queue
+        self.figures = figures
         self.clock = clock
         # Secrets endpoints refer to, as last read or seen in a watch event (None: missing).
         self.secrets: dict[SecretName, dict[str, str] | None] = {}
@@ -304,8 +302,8 @@ class Reconciler:
             )
         else:
             delivering = st.Condition(st.DELIVERING, True, st.ACTIVE, "webhooks are delivered")
-        stats = await self.queue.stats(res.id)
-        backlog = await self.queue.backlog(pool)
+        stats = await self.figures.stats(res.id)
+        backlog = await self.figures.backlog(pool)
         pending = int(backlog["stream"]) + int(backlog["retry_scheduled"])
         return delivering, st.figures(stats, pending)
 

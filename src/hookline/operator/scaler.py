@@ -33,8 +33,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +40,11 @@ from typing import Any
 
 from lightkube.resources.apps_v1 import Deployment
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import RedisError
 
 from hookline.config import Config
 from hookline.errors import InvalidSpec, StoreUnavailable
 from hookline.operator.kube import ApiUnavailable, Kube
-from hookline.queue import Queue
+from hookline.store import ScalerLease, Store
 
 log = logging.getLogger(__name__)
 
@@ -268,42 +265,6 @@ class ScalerMetrics:
         )
 
 
-# KEYS: lease   ARGV: holder, ttl ms. Take the lease when free, extend it when ours.
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class Lease:
-    """One scaler at a time among the operator replicas sharing a Redis prefix."""
-
-    def __init__(self, queue: Queue, ttl: float, holder: str | None = None) -> None:
-        self.redis = queue.redis
-        self.key = f"{queue.prefix}:scaler:lease"
-        self.ttl_ms = int(ttl * 1000)
-        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-        self._hold = self.redis.register_script(_HOLD)
-        self._release = self.redis.register_script(_RELEASE)
-
-    async def hold(self) -> bool:
-        try:
-            return bool(await self._hold([self.key], [self.holder, self.ttl_ms]))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"scaler lease: {exc}") from exc
-
-    async def release(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._release([self.key], [self.holder])
-
-
 @dataclass
 class _Target:
     """A dispatcher Deployment as one tick sees it."""
@@ -354,18 +315,18 @@ class Scaler:
 
     config: Config
     kube: Kube
-    queue: Queue
+    store: Store
     metrics: ScalerMetrics
     namespaces: Sequence[str] = ()
     clock: Callable[[], float] = time.monotonic
-    lease: Lease = field(init=False)
+    lease: ScalerLease = field(init=False)
     histories: dict[tuple[str, str, str], History] = field(default_factory=dict)
     # The Warning last posted per Deployment, so an outage is reported once, not per tick.
     warned: dict[tuple[str, str, str], str] = field(default_factory=dict)
     leading: bool = False
 
     def __post_init__(self) -> None:
-        self.lease = Lease(self.queue, ttl=max(3 * self.config.scale_interval, 5.0))
+        self.lease = ScalerLease(self.store.conn, ttl=max(3 * self.config.scale_interval, 5.0))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; then hand the lease over at once."""
@@ -456,8 +417,8 @@ class Scaler:
             await self._scale(target, work)
 
     async def measure(self, pool: str) -> Work:
-        backlog = await self.queue.backlog(pool)
-        group = await self.queue.group(pool)
+        backlog = await self.store.figures.backlog(pool)
+        group = await self.store.figures.group(pool)
         work = Work(
             stream=int(backlog["stream"]),
             retry_due=int(backlog["retry_due"]),

@@ -3,7 +3,7 @@
 Pure functions, called by :mod:`hookline.operator.reconcile`: conditions in the
 Kubernetes convention (``type``, ``status``, ``reason`` in CamelCase, a message,
 ``lastTransitionTime`` kept while the status stays the same), the delivery
-figures from :meth:`hookline.queue.Queue.stats`, and :func:`changes`, the merge
+figures from :meth:`hookline.store.figures.Figures.stats`, and :func:`changes`, the merge
 patch of only the fields that differ, so an idle endpoint is never written.
 """
 

@@ -27,8 +27,7 @@ from hookline.errors import BodyTooLarge, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import Endpoint, Webhook, new_id
-from hookline.queue import Queue
-from hookline.registry import RegistryCache
+from hookline.store import Queue, RegistryCache
 from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
@@ -252,7 +251,7 @@ def _readiness(
         if not cache.loaded.is_set():
             return "endpoint registry not loaded"
         try:
-            await queue.ping()
+            await queue.conn.ping()
         except StoreUnavailable as exc:
             return str(exc)
         try:

@@ -1,13 +1,9 @@
 """The endpoint registry in Redis, and the local cache receivers and dispatchers read.
 
-Layout (``P`` is the configured prefix):
-
-* ``P:endpoints``  hash: endpoint id → :class:`~hookline.models.Endpoint` JSON
-* ``P:keys``       hash: SHA-256 of an ingest key → endpoint id (keys never in clear)
-* ``P:disabled``   hash: endpoint id → JSON ``{"reason", "at"}``, written by dispatchers
-  (410 Gone, auto-disable) and kept apart so that the operator rewriting a
-  record never clears it by accident
-* ``P:registry``   pub/sub channel: the id of every endpoint that changed
+Its keys are in :mod:`hookline.store.keys`: the records, the index of hashed
+ingest keys, the disabled endpoints — written by dispatchers (410 Gone,
+auto-disable) and kept apart so that the operator rewriting a record never
+clears it by accident — and the channel announcing every change.
 
 Writers (the operator, the local stack) use :class:`Registry`. Readers hold a
 :class:`RegistryCache`: a full load at start, a reload of one endpoint on each
@@ -25,65 +21,44 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hookline.errors import StoreUnavailable
 from hookline.models import Endpoint, key_hash
+from hookline.store import scripts
+from hookline.store.connection import Connection, text
 
 log = logging.getLogger(__name__)
-
-# Replaces an endpoint and its key index atomically, then announces it.
-_PUT = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  for _, h in ipairs(cjson.decode(old)['key_hashes']) do redis.call('HDEL', KEYS[2], h) end
-end
-if ARGV[2] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  for i = 3, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
-end
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return old and 1 or 0
-"""
 
 
 class Registry:
     """Reads and writes endpoint records; every write is announced on the channel."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self.redis = redis
-        self.endpoints_key = f"{prefix}:endpoints"
-        self.keys_key = f"{prefix}:keys"
-        self.disabled_key = f"{prefix}:disabled"
-        self.channel = f"{prefix}:registry"
-        self._put = redis.register_script(_PUT)
-
-    async def _call(self, op: Any) -> Any:
-        try:
-            return await op
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"registry: {exc}") from exc
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.keys = conn.keys
+        self.channel = conn.keys.channel
 
     async def put(self, endpoint: Endpoint) -> None:
-        keys = [self.endpoints_key, self.keys_key, self.channel]
-        await self._call(self._put(keys, [endpoint.id, endpoint.to_json(), *endpoint.key_hashes]))
+        keys = [self.keys.endpoints, self.keys.key_index, self.channel]
+        args = [endpoint.id, endpoint.to_json(), *endpoint.key_hashes]
+        await self.conn.run("registry", scripts.PUT_ENDPOINT, keys, args)
 
     async def remove(self, endpoint_id: str) -> bool:
         """Remove an endpoint; True when it was there. A missing one counts as removed."""
-        keys = [self.endpoints_key, self.keys_key, self.channel]
-        removed = await self._call(self._put(keys, [endpoint_id, ""]))
-        await self._call(self.redis.hdel(self.disabled_key, endpoint_id))
+        keys = [self.keys.endpoints, self.keys.key_index, self.channel]
+        removed = await self.conn.run("registry", scripts.PUT_ENDPOINT, keys, [endpoint_id, ""])
+        await self.conn.call("registry", "HDEL", self.keys.disabled, endpoint_id)
         return bool(removed)
 
     async def get(self, endpoint_id: str) -> Endpoint | None:
-        raw = await self._call(self.redis.hget(self.endpoints_key, endpoint_id))
+        with self.conn.errors("registry"):
+            raw = await self.conn.redis.hget(self.keys.endpoints, endpoint_id)  # type: ignore[misc]
         return Endpoint.from_json(raw) if raw else None
 
     async def all(self) -> dict[str, Endpoint]:
-        raw = await self._call(self.redis.hgetall(self.endpoints_key))
+        with self.conn.errors("registry"):
+            raw = await self.conn.redis.hgetall(self.keys.endpoints)  # type: ignore[misc]
         out = {}
         for k, v in raw.items():
             try:
@@ -96,24 +71,22 @@ class Registry:
 
     async def disable(self, endpoint_id: str, reason: str) -> None:
         value = json.dumps({"reason": reason, "at": time.time()})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.disabled_key, endpoint_id, value)
-            pipe.publish(self.channel, endpoint_id)
-            await self._call(pipe.execute())
+        keys = [self.keys.disabled, self.channel]
+        await self.conn.run("registry", scripts.SET_DISABLED, keys, [endpoint_id, value])
 
     async def enable(self, endpoint_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.disabled_key, endpoint_id)
-            pipe.publish(self.channel, endpoint_id)
-            await self._call(pipe.execute())
+        keys = [self.keys.disabled, self.channel]
+        await self.conn.run("registry", scripts.SET_DISABLED, keys, [endpoint_id, ""])
 
     async def disabled(self) -> dict[str, dict[str, Any]]:
-        raw = await self._call(self.redis.hgetall(self.disabled_key))
-        return {_s(k): json.loads(v) for k, v in raw.items()}
+        with self.conn.errors("registry"):
+            raw = await self.conn.redis.hgetall(self.keys.disabled)  # type: ignore[misc]
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
+    async def disabled_one(self, endpoint_id: str) -> dict[str, Any] | None:
+        with self.conn.errors("registry"):
+            raw = await self.conn.redis.hget(self.keys.disabled, endpoint_id)  # type: ignore[misc]
+        return json.loads(raw) if raw else None
 
 
 class RegistryCache:
@@ -179,9 +152,7 @@ class RegistryCache:
 
     async def _reload_one(self, endpoint_id: str) -> None:
         ep = await self.registry.get(endpoint_id)
-        raw_disabled = await self.registry._call(
-            self.registry.redis.hget(self.registry.disabled_key, endpoint_id)
-        )
+        disabled = await self.registry.disabled_one(endpoint_id)
         old = self._by_id.get(endpoint_id)
         self._memo = {}
         if old is not None:
@@ -193,8 +164,8 @@ class RegistryCache:
             self._by_id[endpoint_id] = ep
             for h in ep.key_hashes:
                 self._by_key[h] = ep
-        if raw_disabled:
-            self._disabled[endpoint_id] = json.loads(raw_disabled)
+        if disabled:
+            self._disabled[endpoint_id] = disabled
         else:
             self._disabled.pop(endpoint_id, None)
         if self.on_change is not None:
@@ -223,7 +194,7 @@ class RegistryCache:
     async def _follow(self) -> None:
         while not self._stopping:
             try:
-                async with self.registry.redis.pubsub() as pubsub:
+                async with self.registry.conn.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.registry.channel)
                     # Anything that changed while we were not subscribed.
                     await self.reload()
@@ -234,7 +205,7 @@ class RegistryCache:
                             ignore_subscribe_messages=True, timeout=min(timeout, 1.0)
                         )
                         if msg is not None and msg["type"] == "message":
-                            await self._reload_one(_s(msg["data"]))
+                            await self._reload_one(text(msg["data"]))
                         if time.monotonic() >= next_full:
                             await self.reload()
                             next_full = time.monotonic() + self.refresh_interval

@@ -9,7 +9,6 @@ printed), as the operator does on a cluster.
 from __future__ import annotations
 
 import base64
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import yaml
 from hookline.config import Config
 from hookline.errors import InvalidSpec
 from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
-from hookline.signing import new_secret
+from hookline.signing import new_key, new_secret
 
 GROUP = "hookline.dev"
 KIND = "WebhookEndpoint"
@@ -37,10 +36,6 @@ def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
     for k, v in (doc.get("data") or {}).items():
         out.setdefault(k, base64.b64decode(v).decode())
     return out
-
-
-def new_key() -> str:
-    return "whk_" + secrets.token_urlsafe(24)
 
 
 def load_endpoints(folder: str | Path, config: Config) -> list[LoadedEndpoint]:

@@ -1,11 +1,11 @@
-"""A pipelined Redis connection for the queue's hot paths: packed RESP out, hiredis replies in.
+"""A pipelined Redis connection for the store's writes and scripts: packed RESP out, hiredis in.
 
-:class:`~hookline.queue.Queue` sends every enqueue and every settled outcome
+:class:`~hookline.store.queue.Queue` sends every enqueue and every settled outcome
 through one :class:`Wire`. The commands issued during one turn of the event
 loop leave in a single write, and replies are handed back in order as they
 arrive, so several batches can be in flight at once and the only Python work
 per command is packing it and resolving its future. redis-py's client keeps
-everything else (blocking reads, figures, the registry): a blocking command
+everything else (blocking reads, figures, registry reads): a blocking command
 must never go through a wire, since every command behind it would wait.
 
 The connection is opened on first use with the redis-py client's own settings

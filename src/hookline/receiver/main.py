@@ -1,0 +1,31 @@
+"""``hookline receiver``: builds the receiver's dependencies and serves until SIGTERM.
+
+Called by :func:`hookline.cli.main` (and by the local stack) with the configuration;
+the ingest API and its probes are served on ``HOOKLINE_RECEIVER_PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hookline import runtime
+from hookline import tracing as tracing_mod
+from hookline.config import Config
+from hookline.http import serve
+from hookline.metrics import Metrics
+from hookline.receiver.app import create_app
+from hookline.store import RegistryCache, Store
+
+
+async def run(config: Config, stop: asyncio.Event) -> None:
+    store = Store.connect(config)
+    bodies = runtime.body_store(config)
+    tracing = tracing_mod.setup(config, tracing_mod.RECEIVER)
+    cache = RegistryCache(store.registry, config.registry_refresh)
+    app = create_app(config, cache, store.queue, bodies, Metrics(), tracing)
+    try:
+        await serve(app, config.receiver_host, config.receiver_port, stop)
+    finally:
+        await tracing.close()
+        await bodies.close()
+        await store.aclose()

@@ -1,0 +1,106 @@
+"""The dead letter: webhooks that will not be delivered, with their reason.
+
+Dispatchers put entries here as they settle them (:meth:`hookline.store.queue.Queue.dead`);
+``hookline dlq`` lists, shows and replays them, and the dispatcher's retention job
+expires them (returning the body references it must delete).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hookline.errors import InvalidSpec
+from hookline.models import Webhook
+from hookline.store import scripts
+from hookline.store.connection import Connection, text
+from hookline.store.queue import now_ms, unpack
+
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str  # the dead-letter stream id
+    webhook: Webhook
+    reason: str
+    pool: str
+    at: float  # Unix seconds
+
+
+class DeadLetters:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.key = conn.keys.dead
+
+    async def find(
+        self, since: float | None = None, endpoint: str | None = None, count: int = 100
+    ) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters (of one endpoint, or since a time)."""
+        start = f"{int(since * 1000)}-0" if since else "-"
+        out: list[DeadLetter] = []
+        with self.conn.errors("dead letters"):
+            while len(out) < count:
+                batch = await self.conn.redis.xrange(self.key, start, "+", count=_BATCH)
+                for mid, fields in batch:
+                    letter = _dead_letter(mid, fields)
+                    if endpoint is None or letter.webhook.endpoint == endpoint:
+                        out.append(letter)
+                if len(batch) < _BATCH:
+                    break
+                start = "(" + text(batch[-1][0])
+        return out[:count]
+
+    async def get(self, ident: str) -> DeadLetter | None:
+        """A dead letter by its dead-letter id or by its webhook id."""
+        if ident.startswith("msg_"):
+            for letter in await self.find(count=1_000_000):
+                if letter.webhook.id == ident:
+                    return letter
+            return None
+        if not _STREAM_ID.fullmatch(ident):
+            raise InvalidSpec(
+                f"{ident!r} is neither a dead-letter id (like 1764650000000-0) "
+                "nor a webhook id (msg_…)"
+            )
+        with self.conn.errors("dead letters"):
+            batch = await self.conn.redis.xrange(self.key, ident, ident)
+        return _dead_letter(*batch[0]) if batch else None
+
+    async def replay(self, letter: DeadLetter, pool: str) -> bool:
+        """Re-enqueue a dead letter with the same webhook id and a fresh attempt count."""
+        wh = letter.webhook
+        wh.attempt = 0
+        wh.created_ms = now_ms()
+        keys = [self.key, self.conn.keys.stream(pool)]
+        args = [letter.id, wh.pack()]
+        return bool(await self.conn.run("dead letters", scripts.REPLAY, keys, args))
+
+    async def expire(self, before: float) -> list[str]:
+        """Drop dead letters older than ``before`` (Unix seconds); returns the body references
+        they held, for the caller to delete."""
+        cutoff = f"{int(before * 1000)}-0"
+        refs: list[str] = []
+        start = "-"
+        with self.conn.errors("dead letters"):
+            while True:
+                batch = await self.conn.redis.xrange(self.key, start, f"({cutoff}", count=_BATCH)
+                refs.extend(r for _, f in batch if (r := unpack(f).body_ref))
+                if len(batch) < _BATCH:
+                    break
+                start = "(" + text(batch[-1][0])
+            await self.conn.redis.xtrim(self.key, minid=cutoff)
+        return refs
+
+
+def _dead_letter(mid: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    wh = unpack(fields)
+    ident = text(mid)
+    return DeadLetter(
+        id=ident,
+        webhook=wh,
+        reason=text(fields.get(b"reason", b"")),
+        pool=text(fields.get(b"pool", b"default")),
+        at=int(ident.split("-")[0]) / 1000,
+    )

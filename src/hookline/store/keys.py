@@ -1,0 +1,99 @@
+"""Every key family hookline keeps in Redis, named in one place.
+
+``P`` is ``HOOKLINE_PREFIX`` (default ``hookline``); ``pool`` a dispatcher pool;
+``EP`` an endpoint id. Who writes each family is in brackets.
+
+Queue (:mod:`hookline.store.queue`):
+
+* ``P:stream:pool``     stream of packed :class:`~hookline.models.Webhook` entries (field
+  ``d``), read by the consumer group :data:`GROUP` [receiver; dispatchers settle]
+* ``P:retry:pool``      sorted set: retry uid → due time (ms) [dispatchers]
+* ``P:retrydata:pool``  hash: retry uid → packed webhook [dispatchers]
+* ``P:idem:HASH``       an Idempotency-Key's first webhook id, expiring [receiver]
+
+Dead letters (:mod:`hookline.store.deadletters`):
+
+* ``P:dead``            stream: dead letters with their reason, pool and endpoint [dispatchers]
+
+Figures (:mod:`hookline.store.figures`), written by the settle scripts:
+
+* ``P:stats:EP``        hash: delivered, failed, dead, duplicates, last outcomes, and the
+  endpoint's health — failure streak, since when, circuit open until
+* ``P:attempts:EP``     list: the endpoint's latest attempts, capped
+
+Registry (:mod:`hookline.store.registry`):
+
+* ``P:endpoints``       hash: endpoint id → endpoint JSON [operator, local stack]
+* ``P:keys``            hash: SHA-256 of an ingest key → endpoint id (keys never in clear)
+* ``P:disabled``        hash: endpoint id → ``{"reason", "at"}`` [dispatchers: 410, auto-disable]
+* ``P:registry``        pub/sub channel: the id of every endpoint that changed
+
+Leases and locks (:mod:`hookline.store.leases`):
+
+* ``P:inflight:EP``     sorted set: shared in-flight leases (``spec.maxInFlight``) [dispatchers]
+* ``P:rate:EP``         hash: the token bucket of ``spec.rateLimit`` [dispatchers]
+* ``P:probe:EP``        the half-open circuit's single probe [dispatchers]
+* ``P:scaler:lease``    which operator replica scales the dispatchers [operator]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "dispatchers"  # the consumer group of every pool's stream
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    def stream(self, pool: str) -> str:
+        return f"{self.prefix}:stream:{pool}"
+
+    def retry(self, pool: str) -> str:
+        return f"{self.prefix}:retry:{pool}"
+
+    def retry_data(self, pool: str) -> str:
+        return f"{self.prefix}:retrydata:{pool}"
+
+    def idempotency(self, hashed: str) -> str:
+        return f"{self.prefix}:idem:{hashed}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def stats(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:stats:{endpoint_id}"
+
+    def attempts(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:attempts:{endpoint_id}"
+
+    @property
+    def endpoints(self) -> str:
+        return f"{self.prefix}:endpoints"
+
+    @property
+    def key_index(self) -> str:
+        return f"{self.prefix}:keys"
+
+    @property
+    def disabled(self) -> str:
+        return f"{self.prefix}:disabled"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:registry"
+
+    def in_flight(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:inflight:{endpoint_id}"
+
+    def rate(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:rate:{endpoint_id}"
+
+    def probe(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:probe:{endpoint_id}"
+
+    @property
+    def scaler_lease(self) -> str:
+        return f"{self.prefix}:scaler:lease"

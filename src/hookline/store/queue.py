@@ -1,0 +1,275 @@
+"""The durable queue: one Redis stream per dispatcher pool and its retry schedule.
+
+The receiver enqueues; dispatchers read, claim what a dead consumer left, and settle
+each entry — delivered, rescheduled, deferred or dead-lettered (the key families are
+in :mod:`hookline.store.keys`, the scripts in :mod:`hookline.store.scripts`).
+
+Every change of an entry's state is one Lua script, so it is atomic: an entry is
+acknowledged *and* deleted from the stream in the same step that records its
+outcome (delivered, scheduled for retry, dead-lettered). The stream therefore
+holds only entries not yet finished, nothing is ever trimmed blindly, and its
+length is the pool's backlog. A script first checks that ``XACK`` really
+acknowledged the entry: when a slow consumer and the one that reclaimed its
+entry both finish, only the first outcome is recorded (the second delivery is
+counted as a duplicate).
+
+Every write goes through one pipelined connection (:class:`~hookline.store.wire.Wire`):
+the writes of concurrent requests leave together ("group commit"), so a burst
+of N enqueues costs one write and one round trip, not N. Deliveries settled in
+the same turn of the event loop are recorded by a single script call that still
+checks and counts each entry on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from hookline.errors import StoreUnavailable
+from hookline.models import Webhook
+from hookline.store import scripts
+from hookline.store.connection import Connection, text
+from hookline.store.keys import GROUP
+from hookline.store.wire import WireError, pack
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What recording an outcome found: whether this consumer settled the entry (False:
+    another had, this was a duplicate) and, after a failed attempt, the endpoint's health."""
+
+    acked: bool
+    streak: int = 0  # consecutive failed attempts of the endpoint, across all dispatchers
+    open_until: float = 0.0  # Unix seconds; the circuit is open before then
+    failing_since: float = 0.0  # Unix seconds; when the streak began
+
+    @classmethod
+    def from_script(cls, raw: list[Any]) -> Settled:
+        if len(raw) < 4:
+            return cls(bool(raw[0]))
+        return cls(True, int(raw[1]), int(raw[2]) / 1000, int(raw[3]) / 1000)
+
+
+class Queue:
+    """Enqueue, read, claim and settle webhooks."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        idempotency_ttl: float = 86400.0,
+        circuit_threshold: int = 10,
+        circuit_cooldown: float = 30.0,
+        attempt_log: int = 50,
+    ):
+        self.conn = conn
+        self.keys = conn.keys
+        self.idempotency_ttl_ms = int(idempotency_ttl * 1000)
+        self._health_args = [circuit_threshold, int(circuit_cooldown * 1000), attempt_log]
+        self.attempt_log = attempt_log
+        self._xadd_heads: dict[str, bytes] = {}
+        # Deliveries to record at the end of this turn of the loop: stream → entries.
+        self._delivered: dict[str, list[tuple[bytes, str, str, asyncio.Future[Any]]]] = {}
+        self._claim_cursor: dict[str, str] = {}
+
+    def stream(self, pool: str) -> str:
+        return self.keys.stream(pool)
+
+    # -- producers
+
+    async def enqueue(self, pool: str, webhook: Webhook, idempotency_key: str | None = None) -> str:
+        """Append a webhook to its pool's stream; returns its id (the first one for a repeated
+        Idempotency-Key). Raises StoreUnavailable when Redis does not take it."""
+        data = webhook.pack()
+        if idempotency_key is None:
+            head = self._xadd_heads.get(pool)
+            if head is None:
+                empty = pack("XADD", self.keys.stream(pool), "*", "d", "")
+                head = self._xadd_heads[pool] = empty.removesuffix(b"$0\r\n\r\n")
+            try:  # the receiver's hot path: no more layers than needed
+                await self.conn.wire.call(b"%s$%d\r\n%s\r\n" % (head, len(data), data))
+            except WireError as exc:
+                raise StoreUnavailable(f"queue: {exc}") from exc
+            return webhook.id
+        keys = [self.keys.idempotency(idempotency_key), self.keys.stream(pool)]
+        args = [webhook.id, self.idempotency_ttl_ms, data]
+        return text(await self.conn.run("queue", scripts.ENQUEUE_ONCE, keys, args))
+
+    # -- consumers
+
+    async def ensure_group(self, pool: str) -> None:
+        # From id 0: a group created at '$' would skip entries added before it.
+        try:
+            with self.conn.errors("queue"):
+                await self.conn.redis.xgroup_create(
+                    self.keys.stream(pool), GROUP, id="0", mkstream=True
+                )
+        except StoreUnavailable as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(
+        self, pool: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[bytes, Webhook]]:
+        """New entries for this consumer."""
+        streams: dict[Any, Any] = {self.keys.stream(pool): ">"}
+        resp = await self._consume(
+            pool, self.conn.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+        )
+        if not resp:
+            return []
+        return [(mid, unpack(fields)) for mid, fields in resp[0][1]]
+
+    async def claim(
+        self, pool: str, consumer: str, min_idle: float, count: int
+    ) -> list[tuple[bytes, Webhook]]:
+        """Take over entries another consumer left pending for ``min_idle`` seconds."""
+        start = self._claim_cursor.get(pool, "0-0")
+        resp = await self._consume(
+            pool,
+            self.conn.redis.xautoclaim(
+                self.keys.stream(pool), GROUP, consumer, int(min_idle * 1000), start, count=count
+            ),
+        )
+        if not resp:
+            return []
+        self._claim_cursor[pool] = text(resp[0])
+        return [(mid, unpack(fields)) for mid, fields in resp[1] if fields]
+
+    async def _consume(self, pool: str, call: Any) -> Any:
+        """A group read; a group Redis lost (restart, flush) is made again, read as empty."""
+        try:
+            with self.conn.errors("queue"):
+                return await call
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, ResponseError) or "NOGROUP" not in str(exc):
+                raise
+        await self.ensure_group(pool)
+        return None
+
+    # -- settling
+
+    async def delivered(
+        self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any] | None = None
+    ) -> bool:
+        """Record a delivery; False when the entry had already been settled (a duplicate).
+        Deliveries recorded in the same turn of the event loop share one script call."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stream = self.keys.stream(pool)
+        if not self._delivered:
+            asyncio.get_running_loop().call_soon(self._send_delivered)
+        log_entry = json.dumps(attempt or {"at": time.time()})
+        self._delivered.setdefault(stream, []).append((msg_id, endpoint_id, log_entry, fut))
+        return bool(await fut)
+
+    def _send_delivered(self) -> None:
+        batches, self._delivered = self._delivered, {}
+        now = now_ms()
+        for stream, entries in batches.items():
+            index: dict[str, int] = {}
+            keys = [stream]
+            args: list[Any] = [GROUP, now, self.attempt_log]
+            for msg_id, endpoint_id, log_entry, _ in entries:
+                if endpoint_id not in index:
+                    index[endpoint_id] = len(keys) + 1
+                    keys += (self.keys.stats(endpoint_id), self.keys.attempts(endpoint_id))
+                args += (msg_id, index[endpoint_id], log_entry)
+            call = asyncio.ensure_future(self.conn.run("queue", scripts.DELIVERED, keys, args))
+            call.add_done_callback(functools.partial(_resolve, entries=entries))
+
+    async def reschedule(
+        self,
+        pool: str,
+        msg_id: bytes,
+        webhook: Webhook,
+        delay: float,
+        failure: dict[str, Any] | None = None,
+    ) -> Settled:
+        """Settle the entry and put the (updated) webhook on the retry schedule; ``failure``
+        is the failed attempt that led here (None for a deferral, which is no attempt)."""
+        uid = f"{webhook.id}:{webhook.attempt}:{time.time_ns()}"
+        now = now_ms()
+        keys = [
+            self.keys.stream(pool),
+            self.keys.retry(pool),
+            self.keys.retry_data(pool),
+            self.keys.stats(webhook.endpoint),
+            self.keys.attempts(webhook.endpoint),
+        ]
+        fail = json.dumps(failure) if failure else ""
+        args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
+        raw = await self.conn.run("queue", scripts.RESCHEDULE, keys, [*args, *self._health_args])
+        return Settled.from_script(raw)
+
+    async def defer(self, pool: str, entries: list[tuple[bytes, float]]) -> int:
+        """Put entries (stream id, delay in seconds) back on the schedule unchanged, in one
+        call: the dispatcher's cheap path for webhooks whose endpoint cannot take them now.
+        Returns how many were moved (the others had been settled already)."""
+        keys = [self.keys.stream(pool), self.keys.retry(pool), self.keys.retry_data(pool)]
+        args: list[Any] = [GROUP, now_ms()]
+        for msg_id, delay in entries:
+            args += (msg_id, int(delay * 1000))
+        return int(await self.conn.run("queue", scripts.DEFER, keys, args))
+
+    async def dead(
+        self,
+        pool: str,
+        msg_id: bytes | None,
+        webhook: Webhook,
+        reason: str,
+        failure: dict[str, Any] | None = None,
+    ) -> Settled:
+        """Settle the entry into the dead letter with its reason."""
+        keys = [
+            self.keys.stream(pool),
+            self.keys.dead,
+            self.keys.stats(webhook.endpoint),
+            self.keys.attempts(webhook.endpoint),
+        ]
+        fail = json.dumps(failure) if failure else ""
+        args: list[Any] = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint]
+        args += [fail, now_ms(), *self._health_args]
+        raw = await self.conn.run("queue", scripts.DEAD, keys, args)
+        return Settled.from_script(raw)
+
+    async def move_due(self, pool: str, limit: int = 1000) -> int:
+        """Move retries whose time has come back onto the stream; returns how many."""
+        keys = [self.keys.retry(pool), self.keys.retry_data(pool), self.keys.stream(pool)]
+        return int(await self.conn.run("queue", scripts.MOVE_DUE, keys, [now_ms(), limit]))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _resolve(
+    call: asyncio.Future[Any], entries: list[tuple[bytes, str, str, asyncio.Future[Any]]]
+) -> None:
+    """Hand each delivery its own answer from a batch's script call."""
+    error = call.exception() if not call.cancelled() else StoreUnavailable("queue: cancelled")
+    results = call.result() if error is None else [error] * len(entries)
+    for (*_, fut), result in zip(entries, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
+UNREADABLE = "?unreadable"
+
+
+def unpack(fields: dict[bytes, bytes]) -> Webhook:
+    """The entry's webhook; an entry that cannot be read becomes one addressed to the
+    endpoint ``?unreadable`` that carries the raw entry, so it ends in the dead letter."""
+    raw = fields.get(b"d", b"")
+    try:
+        return Webhook.unpack(raw)
+    except (KeyError, ValueError, TypeError):
+        return Webhook(id="unreadable", endpoint=UNREADABLE, headers={}, body=raw, size=len(raw))

@@ -1,0 +1,261 @@
+"""Every Lua script hookline runs in Redis, and what each one makes atomic.
+
+Each script is a :class:`Script` (its source and SHA-1); all of them run through one
+runner, :meth:`hookline.store.connection.Connection.run`: by SHA on the pipelined
+connection, and by source when Redis does not know the SHA (a restart, ``SCRIPT
+FLUSH``). A script's comment names its KEYS and ARGV; the key families are in
+:mod:`hookline.store.keys`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+
+class Script(NamedTuple):
+    source: str
+    sha: str
+
+
+def _script(source: str) -> Script:
+    return Script(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# -- the queue: every change of an entry's state is one script
+
+ENQUEUE_ONCE = _script(
+    """
+local prev = redis.call('GET', KEYS[1])
+if prev then return prev end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+)
+
+# Shared by the scripts that record a failed attempt: figures, the attempt log,
+# and the endpoint's health — the streak of consecutive failures, when it
+# began, and until when its circuit is open. Returns {streak, open_until, since}.
+_FAILED = """
+local function failed(stats, attempts, failure, now, threshold, cooldown, logsize)
+  redis.call('HINCRBY', stats, 'failed', 1)
+  redis.call('HSET', stats, 'last_failure', failure)
+  redis.call('LPUSH', attempts, failure)
+  redis.call('LTRIM', attempts, 0, logsize - 1)
+  local streak = redis.call('HINCRBY', stats, 'streak', 1)
+  redis.call('HSETNX', stats, 'streak_since', now)
+  local open_until = tonumber(redis.call('HGET', stats, 'open_until') or '0')
+  if streak >= threshold and open_until <= now then
+    open_until = now + cooldown
+    redis.call('HSET', stats, 'open_until', open_until)
+  end
+  return {streak, open_until, tonumber(redis.call('HGET', stats, 'streak_since'))}
+end
+"""
+
+# KEYS: stream, then per endpoint its stats and attempts keys
+# ARGV: group, now, log size, then per entry: msgid, index of its stats key, attempt json
+# Returns 1 per entry it acknowledged, 0 per entry already settled (counted as a duplicate).
+# A delivery ends the endpoint's failure streak and closes its circuit.
+DELIVERED = _script(
+    """
+local acked_by, dups_by, out = {}, {}, {}
+local logsize = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
+  local k = tonumber(ARGV[i + 1])
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  out[#out + 1] = acked
+  if acked == 0 then
+    dups_by[k] = (dups_by[k] or 0) + 1
+  else
+    acked_by[k] = (acked_by[k] or 0) + 1
+    redis.call('LPUSH', KEYS[k + 1], ARGV[i + 2])
+  end
+end
+for k, n in pairs(acked_by) do
+  redis.call('HINCRBY', KEYS[k], 'delivered', n)
+  redis.call('HSET', KEYS[k], 'last_success', ARGV[2])
+  redis.call('HDEL', KEYS[k], 'streak', 'streak_since', 'open_until')
+  redis.call('LTRIM', KEYS[k + 1], 0, logsize - 1)
+end
+for k, n in pairs(dups_by) do redis.call('HINCRBY', KEYS[k], 'duplicates', n) end
+return out
+"""
+)
+
+# KEYS: stream, retry zset, retry hash, stats, attempts
+# ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not an attempt),
+#       now, threshold, cooldown, log size
+RESCHEDULE = _script(
+    _FAILED
+    + """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then return {0} end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if ARGV[6] == '' then return {1} end
+local h = failed(KEYS[4], KEYS[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]),
+                 tonumber(ARGV[9]), tonumber(ARGV[10]))
+return {1, h[1], h[2], h[3]}
+"""
+)
+
+# KEYS: stream, retry zset, retry hash   ARGV: group, now_ms, then per entry: msgid, delay_ms
+# Puts entries back on the schedule as they are, their data copied from the stream (a
+# deferral changes nothing in the webhook). Returns how many it moved; an entry another
+# consumer already settled is only acknowledged.
+DEFER = _script(
+    """
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local e = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 and e then
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then
+        redis.call('HSET', KEYS[3], id, f[j + 1])
+        redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[i + 1]), id)
+        n = n + 1
+      end
+    end
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return n
+"""
+)
+
+# KEYS: stream, dead stream, stats, attempts
+# ARGV: group, msgid, packed, reason, pool, endpoint, failure json ('' when no attempt),
+#       now, threshold, cooldown, log size
+DEAD = _script(
+    _FAILED
+    + """
+if ARGV[2] ~= '' then
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  if acked == 0 then return {0} end
+end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[3], 'reason', ARGV[4], 'pool', ARGV[5], 'ep', ARGV[6])
+redis.call('HINCRBY', KEYS[3], 'dead', 1)
+if ARGV[7] == '' then return {1} end
+local h = failed(KEYS[3], KEYS[4], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]),
+                 tonumber(ARGV[10]), tonumber(ARGV[11]))
+return {1, h[1], h[2], h[3]}
+"""
+)
+
+# KEYS: retry zset, retry hash, stream   ARGV: now_ms, limit
+MOVE_DUE = _script(
+    """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, uid in ipairs(due) do
+  local d = redis.call('HGET', KEYS[2], uid)
+  if d then redis.call('XADD', KEYS[3], '*', 'd', d) end
+  redis.call('HDEL', KEYS[2], uid)
+  redis.call('ZREM', KEYS[1], uid)
+end
+return #due
+"""
+)
+
+# KEYS: dead stream, target stream   ARGV: dead id, packed
+REPLAY = _script(
+    """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
+return 1
+"""
+)
+
+
+# -- the registry: an endpoint and its key index change together, then are announced
+
+# Replaces an endpoint and its key index atomically, then announces it.
+PUT_ENDPOINT = _script(
+    """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  for _, h in ipairs(cjson.decode(old)['key_hashes']) do redis.call('HDEL', KEYS[2], h) end
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  for i = 3, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
+end
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return old and 1 or 0
+"""
+)
+
+# KEYS: disabled hash, channel   ARGV: endpoint id, JSON reason ('' to enable again)
+SET_DISABLED = _script(
+    """
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+
+# -- leases and locks
+
+# KEYS: in-flight leases (zset), token bucket (hash)
+# ARGV: lease id, max in flight (0: none), lease ms, rate per second (0: none), burst
+# Returns 0 (admitted), -1 (at max in flight) or the milliseconds until a token.
+ACQUIRE = _script(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = tonumber(ARGV[2])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= cap then return -1 end
+end
+local rate = tonumber(ARGV[4])
+if rate > 0 then
+  local burst = tonumber(ARGV[5])
+  local tokens = tonumber(redis.call('HGET', KEYS[2], 'tokens') or burst)
+  local ts = tonumber(redis.call('HGET', KEYS[2], 'ts') or now)
+  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  if tokens < 1 then
+    redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', now)
+    return math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'ts', now)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+end
+if cap > 0 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return 0
+"""
+)
+
+
+# KEYS: lease   ARGV: holder, ttl ms. Take the lease when free, extend it when ours.
+HOLD_LEASE = _script(
+    """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+)
+
+RELEASE_LEASE = _script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
