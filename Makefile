@@ -42,6 +42,7 @@ dev: deps
 lint: deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: deps
 	$(BIN)/mypy

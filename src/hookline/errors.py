@@ -3,19 +3,21 @@
     HooklineError
     ├── TemporaryError       may succeed later: retry (``retry_after`` seconds)
     │   ├── StoreUnavailable     Redis or the body store cannot be reached
-    │   └── ApiUnavailable       the Kubernetes API did not answer as it should
+    │   ├── ApiUnavailable       the Kubernetes API did not answer as it should
+    │   ├── SecretNotFound       a referenced Secret or key does not exist (yet)
+    │   └── SecretConflict       a Secret under a generated name is not hookline's
     └── PermanentError       retrying the same thing will not help
         ├── InvalidSpec          a definition, setting or argument is wrong
         ├── BodyMissing          a stored body is gone (expired, deleted)
         ├── BodyTooLarge         a body exceeded its cap while streaming
-        ├── BlockedDestination   the SSRF guard refused an endpoint's address
-        └── SecretConflict       a Secret under a generated name is not hookline's
+        └── BlockedDestination   the SSRF guard refused an endpoint's address
 
 The split is the retry decision, in the dispatcher and in the operator (as kopf's
-``TemporaryError`` / ``PermanentError``). Client libraries' exceptions are turned into
-this tree at their boundary by :func:`map_exceptions` (as httpx's ``map_exceptions``):
-the store maps Redis's, the operator's Kubernetes client maps lightkube's and httpx's;
-no other module sees them.
+``TemporaryError`` / ``PermanentError``); the two Secret errors are temporary because a
+user resolves them by changing a Secret, which the operator cannot wait for otherwise.
+Client libraries' exceptions are turned into this tree at their boundary by
+:func:`map_exceptions` (as httpx's ``map_exceptions``): the store maps Redis's, the
+operator's Kubernetes client maps lightkube's and httpx's; no other module sees them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class ApiUnavailable(TemporaryError):
     """The Kubernetes API did not answer as it should."""
 
 
+class SecretNotFound(TemporaryError):
+    """A referenced Secret, or the key inside it, does not exist (yet)."""
+
+
+class SecretConflict(TemporaryError):
+    """A Secret exists under a name the operator generates (``NAME-key``, ``NAME-signing``)
+    but is not one hookline generated for this endpoint; the operator never changes it."""
+
+
 class InvalidSpec(PermanentError):
     """An endpoint definition, a configuration value or a command's argument is invalid."""
 
@@ -72,14 +83,9 @@ class BlockedDestination(PermanentError):
         self.why = why
 
 
-class SecretConflict(PermanentError):
-    """A Secret exists under a name the operator generates (``NAME-key``, ``NAME-signing``)
-    but is not one hookline generated for this endpoint; the operator never changes it."""
-
-
 @contextlib.contextmanager
 def map_exceptions(
-    mapping: Mapping[type[BaseException], type[HooklineError]],
+    mapping: Mapping[type[Exception], type[HooklineError]],
     what: str,
     describe: Callable[[BaseException], str] = str,
 ) -> Iterator[None]:

@@ -33,18 +33,17 @@ from typing import Any, cast
 import kopf
 
 from hookline.config import Config
-from hookline.errors import HooklineError, InvalidSpec, StoreUnavailable
-from hookline.operator import status as st
-from hookline.operator.kube import (
-    GROUP,
-    PLURAL,
-    VERSION,
+from hookline.errors import (
     ApiUnavailable,
-    Kube,
+    HooklineError,
+    InvalidSpec,
     SecretConflict,
-    secret_data,
+    SecretNotFound,
+    StoreUnavailable,
 )
-from hookline.operator.reconcile import Reconciler, Resource, Result, SecretNotFound
+from hookline.operator import status as st
+from hookline.operator.kube import GROUP, PLURAL, VERSION, Kube, secret_data
+from hookline.operator.reconcile import Reconciler, Resource, Result
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,18 @@ change is noticed outside a handler of that endpoint (a Secret that appeared or
 changed), tell whether the API server answers (the readiness probe), and, for the
 scaler (:mod:`hookline.operator.scaler`), list the dispatcher Deployments, set
 their replicas through the ``scale`` subresource and post Events about them.
-lightkube's and httpx's errors stop here: callers see ``None`` for a missing
-object and :class:`ApiUnavailable` otherwise.
+lightkube's and httpx's errors stop here (:func:`_api`): callers see ``None`` or
+``False`` for the answers that are expected (a missing object, a conflict) and
+:class:`~hookline.errors.ApiUnavailable` otherwise.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
-from hookline.errors import HooklineError
+from hookline.errors import ApiUnavailable, SecretConflict, map_exceptions
 
 GROUP = "hookline.dev"
 VERSION = "v1alpha1"
@@ -43,15 +45,6 @@ ENDPOINT_LABEL = "hookline.dev/endpoint"  # ... with the name of the endpoint th
 
 COMPONENT_LABEL = "hookline.dev/component"
 DISPATCHER = "dispatcher"
-
-
-class ApiUnavailable(HooklineError):
-    """The Kubernetes API did not answer as it should; the operation may succeed later."""
-
-
-class SecretConflict(HooklineError):
-    """A Secret exists under a name the operator generates (``NAME-key``, ``NAME-signing``)
-    but is not one hookline generated for this endpoint; the operator never changes it."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +84,29 @@ def _left_behind(secret: Secret, owner: dict[str, str]) -> str | None:
     return None
 
 
-def _why(exc: httpx2.HTTPError) -> str:
-    """A transport error or an answer that is no API Status (a load balancer's 503), in
-    a few words."""
+def _why(exc: BaseException) -> str:
+    """An API Status, a transport error or an answer that is no API Status (a load
+    balancer's 503), in a few words."""
     if isinstance(exc, httpx2.HTTPStatusError):
         return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
     return str(exc) or type(exc).__name__
+
+
+_API_ERRORS = {ApiError: ApiUnavailable, httpx2.HTTPError: ApiUnavailable}
+
+
+@contextlib.contextmanager
+def _api(what: str, *expected: int) -> Iterator[None]:
+    """The client's errors inside become ``ApiUnavailable("<what>: …")``, except an API
+    answer with one of the ``expected`` status codes: that one ends the block quietly,
+    and the code after it says what the answer means."""
+    try:
+        with map_exceptions(_API_ERRORS, what, _why):
+            yield
+    except ApiUnavailable as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, ApiError) and cause.status.code in expected):
+            raise
 
 
 def _decode(data: dict[str, str] | None) -> dict[str, str]:
@@ -119,14 +129,9 @@ class Kube:
         self.client = client
 
     async def _get_secret(self, namespace: str, name: str) -> Secret | None:
-        try:
+        with _api(f"reading Secret {namespace}/{name}", 404):
             return await self.client.get(Secret, name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise ApiUnavailable(f"reading Secret {namespace}/{name}: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"reading Secret {namespace}/{name}: {_why(exc)}") from exc
+        return None
 
     async def secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's decoded data, or None when there is no such Secret."""
@@ -195,15 +200,10 @@ class Kube:
             type="Opaque",
             stringData={key: value},
         )
-        try:
+        with _api(f"creating Secret {namespace}/{name}", 409):
             await self.client.create(secret)
-        except ApiError as exc:
-            if exc.status.code == 409:
-                return False
-            raise ApiUnavailable(f"creating Secret {namespace}/{name}: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"creating Secret {namespace}/{name}: {_why(exc)}") from exc
-        return True
+            return True
+        return False
 
     async def _adopt(self, secret: Secret, owner: dict[str, str]) -> bool:
         """Make ``owner`` the only owner of ``secret``, on the condition that it is still at
@@ -212,23 +212,16 @@ class Kube:
         assert meta is not None and meta.name is not None and meta.namespace is not None
         ref = _owner_ref(owner).to_dict()
         patch = {"metadata": {"resourceVersion": meta.resourceVersion, "ownerReferences": [ref]}}
-        try:
+        with _api(f"adopting Secret {meta.namespace}/{meta.name}", 404, 409):
             await self.client.patch(
                 Secret, meta.name, patch, namespace=meta.namespace, patch_type=PatchType.MERGE
             )
-        except ApiError as exc:
-            if exc.status.code in (404, 409):
-                return False
-            raise ApiUnavailable(f"adopting Secret {meta.namespace}/{meta.name}: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(
-                f"adopting Secret {meta.namespace}/{meta.name}: {_why(exc)}"
-            ) from exc
-        return True
+            return True
+        return False
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge ``status`` into the endpoint's status; False when the endpoint is gone."""
-        try:
+        with _api(f"patching {namespace}/{name} status", 404):
             await self.client.patch(
                 WebhookEndpoint.Status,
                 name,
@@ -236,13 +229,8 @@ class Kube:
                 namespace=namespace,
                 patch_type=PatchType.MERGE,
             )
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return False
-            raise ApiUnavailable(f"patching {namespace}/{name} status: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"patching {namespace}/{name} status: {_why(exc)}") from exc
-        return True
+            return True
+        return False
 
     async def answers(self, namespace: str | None) -> None:
         """Raise :class:`ApiUnavailable` unless the API server serves a list of
@@ -250,13 +238,9 @@ class Kube:
         readiness probe makes, the cheapest that shows the operator can read what it
         reconciles (one object at most)."""
         where = namespace or ALL_NS
-        try:
+        with _api("listing WebhookEndpoints"):
             async for _ in self.client.list(WebhookEndpoint, namespace=where, chunk_size=1):
                 break
-        except ApiError as exc:
-            raise ApiUnavailable(f"listing WebhookEndpoints: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"listing WebhookEndpoints: {_why(exc)}") from exc
 
     # -- dispatcher Deployments (the scaler)
 
@@ -266,17 +250,11 @@ class Kube:
         Deployments are never even read."""
         out: list[Deployment] = []
         for ns in list(namespaces) or [ALL_NS]:
-            try:
+            with _api(f"listing dispatcher Deployments in {ns}"):
                 async for d in self.client.list(
                     Deployment, namespace=ns, labels={COMPONENT_LABEL: DISPATCHER}
                 ):
                     out.append(d)
-            except ApiError as exc:
-                raise ApiUnavailable(f"listing dispatcher Deployments in {ns}: {exc}") from exc
-            except httpx2.HTTPError as exc:
-                raise ApiUnavailable(
-                    f"listing dispatcher Deployments in {ns}: {_why(exc)}"
-                ) from exc
         return out
 
     async def scale(self, namespace: str, name: str, replicas: int, resource_version: str) -> bool:
@@ -284,17 +262,12 @@ class Kube:
         on the condition that it is still at ``resource_version``; False when it changed
         meanwhile or is gone (the next decision sees the new state)."""
         patch = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
-        try:
+        with _api(f"scaling Deployment {namespace}/{name}", 404, 409):
             await self.client.patch(
                 Deployment.Scale, name, patch, namespace=namespace, patch_type=PatchType.MERGE
             )
-        except ApiError as exc:
-            if exc.status.code in (404, 409):
-                return False
-            raise ApiUnavailable(f"scaling Deployment {namespace}/{name}: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"scaling Deployment {namespace}/{name}: {_why(exc)}") from exc
-        return True
+            return True
+        return False
 
     async def event(
         self, obj: Deployment, reason: str, message: str, warning: bool = False
@@ -323,9 +296,5 @@ class Kube:
             lastTimestamp=now,
             count=1,
         )
-        try:
+        with _api(f"posting Event {reason} on {meta.name}"):
             await self.client.create(event)
-        except ApiError as exc:
-            raise ApiUnavailable(f"posting Event {reason} on {meta.name}: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ApiUnavailable(f"posting Event {reason} on {meta.name}: {_why(exc)}") from exc

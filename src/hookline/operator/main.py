@@ -26,11 +26,11 @@ import kopf
 from lightkube import AsyncClient, ConfigError, KubeConfig
 
 from hookline.config import Config
-from hookline.errors import StoreUnavailable
+from hookline.errors import ApiUnavailable, StoreUnavailable
 from hookline.http import serve_probes
 from hookline.metrics import Metrics
 from hookline.operator.handlers import RoutineAtDebug, build, settings
-from hookline.operator.kube import ApiUnavailable, Kube
+from hookline.operator.kube import Kube
 from hookline.operator.reconcile import Reconciler
 from hookline.operator.scaler import Scaler, ScalerMetrics
 from hookline.store import Store

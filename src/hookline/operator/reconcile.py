@@ -31,18 +31,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hookline.config import Config
-from hookline.errors import HooklineError, InvalidSpec, StoreUnavailable
+from hookline.errors import (
+    ApiUnavailable,
+    HooklineError,
+    InvalidSpec,
+    SecretConflict,
+    SecretNotFound,
+    StoreUnavailable,
+)
 from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
 from hookline.operator import status as st
-from hookline.operator.kube import GROUP, KIND, VERSION, ApiUnavailable, Kube, SecretConflict
+from hookline.operator.kube import GROUP, KIND, VERSION, Kube
 from hookline.signing import new_key, new_secret, secret_bytes
 from hookline.store import Figures, Registry
 
 SecretName = tuple[str, str]  # (namespace, name)
-
-
-class SecretNotFound(HooklineError):
-    """A referenced Secret, or the key inside it, does not exist (yet)."""
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ from lightkube.resources.apps_v1 import Deployment
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hookline.config import Config
-from hookline.errors import InvalidSpec, StoreUnavailable
-from hookline.operator.kube import ApiUnavailable, Kube
+from hookline.errors import ApiUnavailable, InvalidSpec, StoreUnavailable
+from hookline.operator.kube import Kube
 from hookline.store import ScalerLease, Store
 
 log = logging.getLogger(__name__)
