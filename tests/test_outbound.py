@@ -29,7 +29,7 @@ from hookline.outbound import (
     GuardedResolver,
     Network,
     check_peer,
-    check_url,
+    check_url_destination,
     is_blocked,
     literal_address,
 )
@@ -167,28 +167,28 @@ NON_CANONICAL_LOOPBACK = ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "0x7f00
 def test_numeric_host_forms_are_read_as_the_c_library_reads_them(host: str) -> None:
     assert literal_address(host) == (ipaddress.IPv4Address("127.0.0.1"), False)
     with pytest.raises(BlockedDestination, match=r"means 127\.0\.0\.1\): loopback"):
-        check_url(URL(f"http://{host}:8080/hook"))
+        check_url_destination(URL(f"http://{host}:8080/hook"))
 
 
 def test_non_canonical_literals_are_refused_even_when_their_address_is_allowed() -> None:
     with pytest.raises(BlockedDestination, match="non-canonical IPv4 literal; write it as"):
-        check_url(URL("http://0x7f.1:8080/"), LOOPBACK)
+        check_url_destination(URL("http://0x7f.1:8080/"), LOOPBACK)
     with pytest.raises(BlockedDestination, match=r"write it as 8\.8\.8\.8"):
-        check_url(URL("http://134744072/"))
-    check_url(URL("http://127.0.0.1:8080/"), LOOPBACK)  # the canonical form is fine
+        check_url_destination(URL("http://134744072/"))
+    check_url_destination(URL("http://127.0.0.1:8080/"), LOOPBACK)  # the canonical form is fine
 
 
 def test_names_are_left_to_the_resolver() -> None:
     assert literal_address("localhost") is None
     assert literal_address("hooks.example.com") is None
     assert literal_address("256.1.1.1") is None  # getaddrinfo does not read it either
-    check_url(URL("https://hooks.example.com/in"))
+    check_url_destination(URL("https://hooks.example.com/in"))
 
 
 def test_https_only_refuses_plain_http() -> None:
     with pytest.raises(BlockedDestination, match="HOOKLINE_HTTPS_ONLY"):
-        check_url(URL("http://hooks.example.com/"), https_only=True)
-    check_url(URL("https://hooks.example.com/"), https_only=True)
+        check_url_destination(URL("http://hooks.example.com/"), https_only=True)
+    check_url_destination(URL("https://hooks.example.com/"), https_only=True)
 
 
 # -- a DNS server the test controls
