@@ -31,3 +31,8 @@ def test_spans_encode_exactly_as_the_sdk_encodes_them() -> None:
 def test_a_bad_header_setting_fails_at_start() -> None:
     with pytest.raises(otlp.InvalidSpec, match="OTEL_EXPORTER_OTLP_HEADERS"):
         otlp.parse_headers("authorization")
+
+
+def test_the_header_setting_is_read_as_url_encoded_pairs() -> None:
+    raw = "authorization=Bearer%20abc, x-tenant=acme,,"
+    assert otlp.parse_headers(raw) == {"authorization": "Bearer abc", "x-tenant": "acme"}
