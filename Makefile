@@ -51,9 +51,9 @@ typecheck: deps
 test: deps tools image lint typecheck
 	$(BIN)/pytest
 
-## the tiers that need no real node and no kill -9 (minutes, not tens of minutes)
-test-fast: deps tools
-	$(BIN)/pytest --ignore=tests/node -m "not chaos"
+## the unit tier alone: hookline's pure code, no Redis, no Go-built peers, no network (seconds)
+test-fast: deps
+	$(BIN)/pytest tests/unit
 
 ## throughput and latency against bare baselines, JSON lines (docs/benchmarks.md)
 bench: deps tools

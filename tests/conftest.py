@@ -8,7 +8,7 @@ import pytest
 
 from hookline.config import Config
 from tests.peers import Endpoint, RedisServer
-from tests.stack import Stack, test_config
+from tests.stack import Stack, stack_config
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def config(redis_server: RedisServer, tmp_path: Path) -> Config:
-    return test_config(redis_server.url, f"t{uuid.uuid4().hex[:10]}", str(tmp_path / "bodies"))
+    return stack_config(redis_server.url, f"t{uuid.uuid4().hex[:10]}", str(tmp_path / "bodies"))
 
 
 @pytest.fixture

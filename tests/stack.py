@@ -33,7 +33,7 @@ from tests.peers import eventually, free_port
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
-def test_config(redis_url: str, prefix: str, body_dir: str, **overrides: Any) -> Config:
+def stack_config(redis_url: str, prefix: str, body_dir: str, **overrides: Any) -> Config:
     """Settings for tests: fast retries and reclaim, loopback endpoints allowed."""
     base = Config(
         redis_url=redis_url,

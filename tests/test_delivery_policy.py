@@ -1,4 +1,5 @@
-"""Delivery policy: signatures, isolation, rate limits, circuit breaking, auto-disable."""
+"""Delivery policy at work: signatures, isolation, rate limits, circuit breaking,
+auto-disable (tests/unit/test_policy.py has the retry policy's pure functions)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import base64
 import os
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 import standardwebhooks
 from standardwebhooks.webhooks import hmac_data
 
 from hookline.config import Config
-from hookline.dispatcher.policy import parse_retry_after
 from hookline.models import SigningSecret, endpoint_from_spec
 from hookline.signing import new_key, new_secret
 from tests.peers import Endpoint, eventually, fail_then_ok, slow, status
@@ -77,14 +76,6 @@ async def test_bodies_that_are_not_utf8_are_signed_over_their_bytes(
     signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + payload
     expected = "v1," + base64.b64encode(hmac_data(secret, signed)).decode()
     assert expected in got.headers["webhook-signature"].split()
-
-
-def test_retry_after_accepts_seconds_and_http_dates() -> None:
-    assert parse_retry_after("120") == 120
-    when = datetime.now(UTC) + timedelta(seconds=90)
-    assert parse_retry_after(when.strftime("%a, %d %b %Y %H:%M:%S GMT")) == pytest.approx(90, abs=2)
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
 
 
 async def test_retry_after_is_bounded_by_the_configured_maximum(

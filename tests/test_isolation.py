@@ -137,6 +137,7 @@ async def race(config: Config, i: int) -> tuple[Side, Side]:
     return alone, beside
 
 
+@pytest.mark.perf
 @pytest.mark.timeout(600)
 async def test_a_hanging_endpoint_slows_a_healthy_one_by_less_than_ten_percent(
     config: Config,

@@ -141,7 +141,7 @@ class Endpoint:
         )
 
 
-def check_url(url: str) -> str:
+def check_absolute_http_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidSpec(f"url must be an absolute http(s) URL with a host, got {url!r}")
@@ -164,7 +164,7 @@ def endpoint_from_spec(
     try:
         return Endpoint(
             id=endpoint_id,
-            url=check_url(str(spec["url"])),
+            url=check_absolute_http_url(str(spec["url"])),
             key_hashes=tuple(key_hash(k) for k in keys),
             signing_secrets=tuple(signing_secrets),
             retry=RetryPolicy(

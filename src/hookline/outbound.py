@@ -233,7 +233,9 @@ def literal_address(host: str) -> tuple[IPAddress, bool] | None:
     return ipaddress.IPv4Address(packed), False
 
 
-def check_url(url: URL, allow: Iterable[Network] = (), https_only: bool = False) -> None:
+def check_url_destination(
+    url: URL, allow: Iterable[Network] = (), https_only: bool = False
+) -> None:
     """Refuse, before any connection, what the URL alone shows to be refused."""
     if https_only and url.scheme != "https":
         raise BlockedDestination(f"{url.scheme}:// is refused (HOOKLINE_HTTPS_ONLY is on)")
@@ -320,7 +322,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         traces: list[Trace],
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
     ) -> ResponseHandler:
-        check_url(req.url, self.allow, self.https_only)
+        check_url_destination(req.url, self.allow, self.https_only)
         return await super()._create_connection(req, traces, timeout)
 
     async def _wrap_create_connection(

@@ -25,7 +25,7 @@ from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import operator_env
 from tests.kubernetes.helpers import apply
 from tests.peers import REPO, RedisServer, eventually
-from tests.stack import test_config as make_config
+from tests.stack import stack_config
 
 TICK = 0.5  # HOOKLINE_SCALE_INTERVAL in these tests
 
@@ -392,7 +392,7 @@ async def test_invalid_policy_is_reported_and_not_scaled(
 async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
     cluster: ControlPlane, namespace: str, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    config = make_config(own_redis.url, "outage", str(tmp_path / "bodies"))
+    config = stack_config(own_redis.url, "outage", str(tmp_path / "bodies"))
     op = scaling_operator(cluster, config, namespace, tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
     store = Store(client, config)

@@ -28,7 +28,7 @@ from tests.kubernetes.helpers import (
     until_status,
 )
 from tests.peers import RedisServer, eventually
-from tests.stack import test_config as make_config
+from tests.stack import stack_config
 
 URL = "https://hooks.example.com/in"
 
@@ -165,7 +165,7 @@ async def test_delete_when_the_record_is_already_missing_does_not_stick(
 async def test_flushed_redis_is_refilled_within_one_interval(
     cluster: ControlPlane, namespace: str, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    config = make_config(own_redis.url, "flush", str(tmp_path / "bodies"))
+    config = stack_config(own_redis.url, "flush", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
     store = Store(client, config)
@@ -270,7 +270,7 @@ def _logged(op: OperatorProcess, phrase: str, count: int) -> Callable[[], Awaita
 async def test_redis_down_is_reported_and_retried_until_registered(
     cluster: ControlPlane, namespace: str, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    config = make_config(own_redis.url, "down", str(tmp_path / "bodies"))
+    config = stack_config(own_redis.url, "down", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
     client = aioredis.from_url(own_redis.url)
     store = Store(client, config)
