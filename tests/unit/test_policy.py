@@ -1,5 +1,6 @@
-"""The retry policy (hookline.dispatcher.policy): the backoff schedule, Retry-After, and
-when a delivery is given up; pure functions of the outcome, the webhook and the spec."""
+"""The delivery policy (hookline.dispatcher.policy): what an answer means, the backoff
+schedule, Retry-After, when a delivery is given up, the circuit's state and auto-disable;
+pure functions of the outcome, the webhook, the spec and the time."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hookline.dispatcher.policy import GiveUp, Retry, backoff, decide, parse_retry_after
-from hookline.models import Failed, RetryPolicy, Webhook
+from hookline.dispatcher.policy import (
+    GiveUp,
+    Retry,
+    backoff,
+    circuit_open,
+    classify,
+    decide,
+    failing_too_long,
+    parse_retry_after,
+)
+from hookline.models import Delivered, Failed, Rejected, RetryPolicy, Webhook
 
 POLICY = RetryPolicy(attempts=5, base_seconds=2.0, max_backoff_seconds=30.0, max_age_seconds=3600)
 NOW = 1_700_000_000.0
@@ -77,3 +87,27 @@ def test_a_retry_that_would_come_after_the_maximum_age_gives_up_now() -> None:
     # a Retry-After that still fits within the age is honoured
     fits = decide(Failed("HTTP 503", 503, retry_after=5), webhook(4, age=3590), POLICY, 3600, NOW)
     assert fits == Retry(5)
+
+
+def test_an_endpoints_answer_is_classified_as_a_user_of_standard_webhooks_expects() -> None:
+    assert isinstance(classify(204, None, 0.01), Delivered)
+    gone = classify(410, None, 0.01)
+    assert isinstance(gone, Rejected) and gone.disable, "410 Gone disables the endpoint"
+    moved = classify(301, None, 0.01)
+    assert isinstance(moved, Failed) and "not followed" in moved.reason
+    throttled = classify(429, "7", 0.01)
+    assert isinstance(throttled, Failed) and throttled.retry_after == 7.0
+    # Retry-After counts only where the status says "come back later".
+    assert isinstance(failed := classify(500, "7", 0.01), Failed) and failed.retry_after is None
+
+
+def test_the_circuit_is_open_from_the_threshold_until_its_cooldown_ends() -> None:
+    assert not circuit_open(streak=9, open_until=NOW + 30, threshold=10, now=NOW)
+    assert circuit_open(streak=10, open_until=NOW + 30, threshold=10, now=NOW)
+    assert not circuit_open(streak=12, open_until=NOW + 30, threshold=10, now=NOW + 30), "half-open"
+
+
+def test_an_endpoint_is_disabled_only_after_failing_longer_than_disable_after() -> None:
+    assert not failing_too_long(0.0, 3600, now=NOW), "not failing"
+    assert not failing_too_long(NOW - 3600, 3600, now=NOW)
+    assert failing_too_long(NOW - 3601, 3600, now=NOW)
