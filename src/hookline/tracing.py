@@ -10,7 +10,7 @@ the hot path pays a branch and no OpenTelemetry call.
   export configured by the standard ``OTEL_*`` variables: endpoint, protocol,
   headers, timeout, sampler, service name, batch sizes. hookline's own spans are
   light OpenTelemetry API spans (:class:`_Span`) encoded to OTLP protobuf as they
-  end (:mod:`hookline.otlp`, OTLP/HTTP, the default); with
+  end (:mod:`hookline.otlp`) for :mod:`hookline.export` (OTLP/HTTP, the default); with
   ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` they become SDK spans for the SDK's batch
   processor and gRPC exporter. The SDK is imported only when tracing is on.
 * **On or off**: on with ``HOOKLINE_TRACING=on``, or with ``auto`` (the default)
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.sampling import Sampler
 
-    from hookline.otlp import OtlpHttpProcessor
+    from hookline.export import OtlpHttpProcessor
 
 RECEIVER: Final = "hookline-receiver"
 DISPATCHER: Final = "hookline-dispatcher"
@@ -275,7 +275,7 @@ class Tracing:
 
     Built by :func:`setup`; :data:`OFF` when tracing is off. hookline's own spans are
     :class:`_Span` objects sampled by the provider's sampler and handed, encoded, to
-    the OTLP/HTTP processor (:mod:`hookline.otlp`) when they end; with another
+    the OTLP/HTTP processor (:mod:`hookline.export`) when they end; with another
     exporter (OTLP/gRPC) they become SDK ``ReadableSpan`` objects for its batch
     processor. Spans other code makes through the provider (the OpenTracing shim)
     take the SDK's own path to the same processor."""
@@ -299,7 +299,8 @@ class Tracing:
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         from hookline import __version__
-        from hookline.otlp import OtlpHttpProcessor, encode_span
+        from hookline.export import OtlpHttpProcessor
+        from hookline.otlp import encode_span
 
         self._sampler: Sampler = provider.sampler
         self._sample = sampling.Decision.RECORD_AND_SAMPLE
@@ -823,11 +824,11 @@ def describe_export(environ: Mapping[str, str]) -> str:
 
 
 def span_processor(environ: Mapping[str, str], resource: Resource) -> SpanProcessor:
-    """OTLP/HTTP: hookline's :class:`~hookline.otlp.OtlpHttpProcessor`, which encodes
-    spans as they end; OTLP/gRPC: the SDK's batch processor and exporter."""
+    """OTLP/HTTP: hookline's :class:`~hookline.export.OtlpHttpProcessor`, which takes
+    spans encoded as they end; OTLP/gRPC: the SDK's batch processor and exporter."""
     protocol, url = export_target(environ)
     if protocol == "http/protobuf":
-        from hookline.otlp import OtlpHttpProcessor
+        from hookline.export import OtlpHttpProcessor
 
         return OtlpHttpProcessor(url, resource, environ)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
