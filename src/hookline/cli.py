@@ -36,8 +36,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from hookline import config as config_mod
-from hookline import outbound
-from hookline import tracing as tracing_mod
+from hookline import outbound, telemetry
 from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.errors import HooklineError
@@ -95,7 +94,7 @@ async def receiver_main(config: Config, stop: asyncio.Event) -> None:
     bodies = body_store(config)
     registry = Registry(redis, config.prefix)
     queue = Queue.from_config(redis, config)
-    tracing = tracing_mod.setup(config, tracing_mod.RECEIVER)
+    tracing = telemetry.setup(config, telemetry.RECEIVER)
     cache = RegistryCache(registry, config.registry_refresh)
     app = create_app(config, cache, queue, bodies, Metrics(), tracing)
     try:
@@ -117,7 +116,7 @@ async def dispatcher_main(config: Config, stop: asyncio.Event) -> None:
     queue = Queue.from_config(redis, config)
     cache = RegistryCache(registry, config.registry_refresh)
     metrics = Metrics()
-    tracing = tracing_mod.setup(config, tracing_mod.DISPATCHER)
+    tracing = telemetry.setup(config, telemetry.DISPATCHER)
     session = client_session(config)
     dispatcher = Dispatcher(
         config, cache, registry, queue, bodies, metrics, session, tracing=tracing
@@ -230,8 +229,8 @@ async def dev_main(config: Config, stop: asyncio.Event, endpoints_dir: str, sink
         f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
         f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}"
     )
-    if tracing_mod.enabled(config, os.environ):
-        print(f"tracing on: OTLP to {tracing_mod.describe_export(os.environ)} (docs/tracing.md)")
+    if telemetry.enabled(config, os.environ):
+        print(f"tracing on: OTLP to {telemetry.describe_export(os.environ)} (docs/tracing.md)")
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
     if loaded:

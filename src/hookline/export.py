@@ -1,6 +1,6 @@
 """OTLP/HTTP export of spans that costs the event loop a few microseconds per span.
 
-:class:`OtlpHttpProcessor` is the span processor :mod:`hookline.tracing`
+:class:`OtlpHttpProcessor` is the span processor :mod:`hookline.telemetry`
 installs for OTLP/HTTP, the default protocol. :mod:`hookline.tracing` hands it
 hookline's spans already encoded (:mod:`hookline.otlp`) as they end, on the
 thread that ended them; it encodes SDK spans (the OpenTracing shim's) the same

@@ -15,13 +15,14 @@ import pytest
 from opentelemetry import propagate
 from opentracing.propagation import Format
 
+from hookline import spans
 from hookline.cli import redis_client
 from hookline.config import Config
 from hookline.manifests import new_key
 from hookline.models import SigningSecret, endpoint_from_spec
 from hookline.registry import Registry
 from hookline.signing import new_secret
-from hookline.tracing import RECEIVER, setup
+from hookline.telemetry import RECEIVER, setup
 from tests.peers import Endpoint, eventually, ok
 from tests.tracing.jaeger import JaegerServer, jaeger_id
 from tests.tracing.test_traces import one, trace_id_of, wait_for_trace
@@ -134,7 +135,7 @@ async def test_opentracing_instrumented_code_joins_hookline_spans(
     tracing = setup(config, RECEIVER, {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http})
     try:
         tracer = opentracing.global_tracer()
-        with tracing.upload("gcs") as upload:
+        with spans.upload(tracing, "gcs") as upload:
             with tracer.start_active_span("gcs resumable upload") as scope:
                 carrier: dict[str, str] = {}
                 tracer.inject(scope.span.context, Format.HTTP_HEADERS, carrier)
