@@ -1,6 +1,5 @@
-"""Tracing with an exporter that fails at once: the sampler's decisions and the headers the
-dispatcher writes (tests/unit/test_tracing.py has the settings and propagation that export
-nothing, tests/tracing the real Jaeger)."""
+"""The span runtime's sampling and propagation, without a backend (tests/tracing has the
+real Jaeger)."""
 
 from __future__ import annotations
 
@@ -10,7 +9,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from hookline.config import Config
-from hookline.tracing import RECEIVER, default_propagator, setup
+from hookline.telemetry import RECEIVER, setup
+from hookline.tracing import default_propagator
 
 # Nothing listens there: spans are encoded and their export fails at once.
 ENDPOINT = {
@@ -26,11 +26,11 @@ def test_the_sender_context_is_continued_or_dropped_as_the_sampler_says() -> Non
         for flags in (1, 0):
             remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(flags))
             context = trace.set_span_in_context(NonRecordingSpan(remote), Context())
-            span = tracing._start("x", trace.SpanKind.SERVER, context, {}, None)
+            span = tracing.start("x", trace.SpanKind.SERVER, context, {}, None)
             assert span.get_span_context().trace_id == 0xABC
             assert span.is_recording() is bool(flags)
             span.end()
-        root = tracing._start("y", trace.SpanKind.SERVER, Context(), {}, None)
+        root = tracing.start("y", trace.SpanKind.SERVER, Context(), {}, None)
         assert root.is_recording() and root.get_span_context().trace_id not in (0, 0xABC)
         root.end()
     finally:
@@ -47,8 +47,8 @@ def test_headers_formatted_directly_match_the_propagators() -> None:
         )
         context = trace.set_span_in_context(NonRecordingSpan(parent), Context())
         for span in (
-            tracing._start("child", trace.SpanKind.CLIENT, context, {}, None),
-            tracing._start("root", trace.SpanKind.CLIENT, Context(), {}, None),
+            tracing.start("child", trace.SpanKind.CLIENT, context, {}, None),
+            tracing.start("root", trace.SpanKind.CLIENT, Context(), {}, None),
             NonRecordingSpan(SpanContext(0x1, 0x2, False, TraceFlags(0))),
         ):
             direct: dict[str, str] = {}
@@ -58,7 +58,7 @@ def test_headers_formatted_directly_match_the_propagators() -> None:
             assert direct == standard
             span.end()
         # with baggage the propagators write it (W3C and Jaeger's uberctx- headers)
-        span = tracing._start("b", trace.SpanKind.CLIENT, Context(), {}, None)
+        span = tracing.start("b", trace.SpanKind.CLIENT, Context(), {}, None)
         with_baggage = baggage.set_baggage("tenant", "acme")
         token = otel_context.attach(with_baggage)
         try:

@@ -15,7 +15,8 @@ import jaeger_client
 import pytest
 
 from hookline.config import Config
-from hookline.tracing import DISPATCHER, RECEIVER, Tracing, setup
+from hookline.telemetry import DISPATCHER, RECEIVER, setup
+from hookline.tracing import Tracing
 from tests.stack import Stack
 from tests.tracing.jaeger import JaegerFailed, JaegerServer
 

@@ -15,11 +15,12 @@ import pytest
 from opentelemetry import propagate
 from opentracing.propagation import Format
 
+from hookline import spans
 from hookline.config import Config
 from hookline.models import SigningSecret, endpoint_from_spec
 from hookline.signing import new_key, new_secret
 from hookline.store import Store
-from hookline.tracing import RECEIVER, setup
+from hookline.telemetry import RECEIVER, setup
 from tests.peers import Endpoint, eventually, ok
 from tests.tracing.jaeger import JaegerServer, jaeger_id
 from tests.tracing.test_traces import one, trace_id_of, wait_for_trace
@@ -132,7 +133,7 @@ async def test_opentracing_instrumented_code_joins_hookline_spans(
     tracing = setup(config, RECEIVER, {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http})
     try:
         tracer = opentracing.global_tracer()
-        with tracing.upload("gcs") as upload:
+        with spans.upload(tracing, "gcs") as upload:
             with tracer.start_active_span("gcs resumable upload") as scope:
                 carrier: dict[str, str] = {}
                 tracer.inject(scope.span.context, Format.HTTP_HEADERS, carrier)

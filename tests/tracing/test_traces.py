@@ -19,7 +19,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentracing.propagation import Format
 
 from hookline.config import Config
-from hookline.tracing import Tracing, setup
+from hookline.telemetry import setup
+from hookline.tracing import Tracing
 from tests.peers import Endpoint, fail_then_ok, ok
 from tests.stack import Stack
 from tests.tracing.conftest import SENDER

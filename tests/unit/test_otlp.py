@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -26,13 +25,3 @@ def test_spans_encode_exactly_as_the_sdk_encodes_them() -> None:
     theirs = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
     assert ours == theirs
     assert len(ours.resource_spans[0].scope_spans) == 2
-
-
-def test_a_bad_header_setting_fails_at_start() -> None:
-    with pytest.raises(otlp.InvalidSpec, match="OTEL_EXPORTER_OTLP_HEADERS"):
-        otlp.parse_headers("authorization")
-
-
-def test_the_header_setting_is_read_as_url_encoded_pairs() -> None:
-    raw = "authorization=Bearer%20abc, x-tenant=acme,,"
-    assert otlp.parse_headers(raw) == {"authorization": "Bearer abc", "x-tenant": "acme"}

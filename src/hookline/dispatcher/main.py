@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hookline import runtime
-from hookline import tracing as tracing_mod
+from hookline import runtime, telemetry
 from hookline.config import Config
 from hookline.dispatcher.worker import Dispatcher
 from hookline.errors import StoreUnavailable
@@ -25,7 +24,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     bodies = runtime.body_store(config)
     cache = RegistryCache(store.registry, config.registry_refresh)
     metrics = Metrics()
-    tracing = tracing_mod.setup(config, tracing_mod.DISPATCHER)
+    tracing = telemetry.setup(config, telemetry.DISPATCHER)
     session = runtime.client_session(config)
     dispatcher = Dispatcher(config, cache, store, bodies, metrics, session, tracing=tracing)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from hookline import spans
 from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.dispatcher.gates import Gates
@@ -260,8 +261,8 @@ class Dispatcher:
 
     async def _handle_traced(self, msg_id: bytes, webhook: Webhook) -> None:
         """One attempt as a CONSUMER span continuing the entry's trace; ``attempt()``'s
-        request is its CLIENT span (``tracing.post``, see :mod:`hookline.tracing`)."""
-        with self.tracing.consume(webhook, self.queue.stream(self.pool), GROUP):
+        request is its CLIENT span (see :func:`hookline.spans.post`)."""
+        with spans.consume(self.tracing, webhook, self.queue.stream(self.pool), GROUP):
             await self._handle(msg_id, webhook)
 
     async def _handle(self, msg_id: bytes, webhook: Webhook) -> None:
@@ -319,7 +320,8 @@ class Dispatcher:
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
         start = time.monotonic()
         try:
-            async with self.tracing.post(
+            async with spans.post(
+                self.tracing,
                 self.session,
                 endpoint.url,
                 data=body,
@@ -349,7 +351,7 @@ class Dispatcher:
     async def _settle(
         self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome
     ) -> None:
-        self.tracing.outcome(outcome)
+        spans.outcome(self.tracing, outcome)
         try:
             await self._settle_outcome(msg_id, webhook, endpoint, outcome)
         except StoreUnavailable as exc:
@@ -424,7 +426,7 @@ class Dispatcher:
         failure: dict[str, Any] | None = None,
         endpoint: Endpoint | None = None,
     ) -> None:
-        self.tracing.dead_lettered(reason)
+        spans.dead_lettered(self.tracing, reason)
         try:
             settled = await self.queue.dead(self.pool, msg_id, webhook, reason, failure)
         except StoreUnavailable as exc:

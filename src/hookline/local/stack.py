@@ -16,8 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from hookline import dispatcher, outbound, receiver
-from hookline import tracing as tracing_mod
+from hookline import dispatcher, outbound, receiver, telemetry
 from hookline.config import Config
 from hookline.errors import HooklineError, StoreUnavailable
 from hookline.http import serve
@@ -99,8 +98,8 @@ async def run(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port
         f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
         f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}"
     )
-    if tracing_mod.enabled(config, os.environ):
-        print(f"tracing on: OTLP to {tracing_mod.describe_export(os.environ)} (docs/tracing.md)")
+    if telemetry.enabled(config, os.environ):
+        print(f"tracing on: OTLP to {telemetry.describe_export(os.environ)} (docs/tracing.md)")
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
     if loaded:

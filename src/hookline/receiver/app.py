@@ -3,7 +3,7 @@
 Called by ``hookline receiver`` (and the local stack) with its dependencies
 built by the entry point: ``create_app(config, cache, queue, bodies, metrics,
 tracing)``; with tracing on, each ingest request is a SERVER span holding the
-body upload and the PRODUCER span of the enqueue (see :mod:`hookline.tracing`).
+body upload and the PRODUCER span of the enqueue (see :mod:`hookline.spans`).
 A ``202`` is sent only after Redis took the entry (and, for a large body, the
 body store took the body first); any store failure is a ``503`` with
 ``Retry-After``, and whatever was half-written is removed.
@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from hookline import spans
 from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.errors import BodyTooLarge, StoreUnavailable
@@ -129,9 +130,9 @@ class Ingest:
     async def send(self, request: web.Request) -> web.Response:
         if not self.tracing.enabled:
             return await self._send(request)
-        with self.tracing.server(request, ROUTE) as span:
+        with spans.server(self.tracing, request, ROUTE) as span:
             response = await self._send(request)
-            self.tracing.answered(span, response.status)
+            spans.answered(span, response.status)
             return response
 
     async def _send(self, request: web.Request) -> web.Response:
@@ -186,7 +187,7 @@ class Ingest:
                 body = await _read_head(request, inline + 1)
                 size = len(body)
                 if size > inline:
-                    with self.tracing.upload(config.body_store):
+                    with spans.upload(self.tracing, config.body_store):
                         ref, size = await self.bodies.put(
                             wid, _chunks(body, request), config.max_body_bytes
                         )
@@ -217,7 +218,7 @@ class Ingest:
         if idem:
             idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
         try:
-            with self.tracing.produce(webhook, self.queue.stream(endpoint.pool)):
+            with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
                 accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
         except StoreUnavailable as exc:
             log.warning("queue unavailable: %s", exc)

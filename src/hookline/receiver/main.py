@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hookline import runtime
-from hookline import tracing as tracing_mod
+from hookline import runtime, telemetry
 from hookline.config import Config
 from hookline.http import serve
 from hookline.metrics import Metrics
@@ -20,7 +19,7 @@ from hookline.store import RegistryCache, Store
 async def run(config: Config, stop: asyncio.Event) -> None:
     store = Store.connect(config)
     bodies = runtime.body_store(config)
-    tracing = tracing_mod.setup(config, tracing_mod.RECEIVER)
+    tracing = telemetry.setup(config, telemetry.RECEIVER)
     cache = RegistryCache(store.registry, config.registry_refresh)
     app = create_app(config, cache, store.queue, bodies, Metrics(), tracing)
     try:

@@ -1,29 +1,17 @@
-"""Tracing settings and propagation, without a backend and without exporting: whether
-tracing is on, where it would export, and how an entry's context is read.
-tests/test_tracing.py has the tests that export (to a port where nothing listens),
-tests/tracing the real Jaeger."""
+"""Tracing's configuration from the OTEL_* variables (hookline.telemetry), read without a
+backend and without exporting (tests/tracing has the real Jaeger)."""
 
 from __future__ import annotations
 
 import pytest
-from opentelemetry import trace
 
 from hookline import config as config_mod
 from hookline.config import Config
 from hookline.errors import InvalidSpec
-from hookline.models import Webhook
-from hookline.tracing import (
-    _CARRIER,
-    OFF,
-    RECEIVER,
-    _extract_entry,
-    enabled,
-    export_target,
-    sampler,
-    setup,
-)
+from hookline.telemetry import RECEIVER, enabled, export_target, sampler, setup
+from hookline.tracing import OFF
 
-# Only read as settings here: nothing is exported.
+# Nothing listens there: spans are encoded and their export fails at once.
 ENDPOINT = {
     "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
     "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
@@ -54,11 +42,7 @@ def test_hookline_tracing_accepts_the_usual_switch_spellings() -> None:
         config_mod.load({"HOOKLINE_TRACING": "sometimes"})
 
 
-def test_off_leaves_the_entry_without_context() -> None:
-    webhook = Webhook(id="msg_1", endpoint="a/b", headers={})
-    with OFF.produce(webhook, "hookline:stream:default"):
-        pass
-    assert webhook.trace == {}
+def test_tracing_that_is_not_configured_is_off() -> None:
     assert setup(Config(), RECEIVER, {}) is OFF
 
 
@@ -94,23 +78,3 @@ def test_unknown_samplers_and_protocols_fail_at_start() -> None:
         sampler({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"})
     with pytest.raises(InvalidSpec, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         export_target({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
-
-
-@pytest.mark.parametrize(
-    "carrier",
-    [
-        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"},
-        {"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"},
-        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0x"},
-        {
-            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "tracestate": "a=b",
-        },
-        {"traceparent": "garbage"},
-    ],
-)
-def test_an_entry_context_reads_as_the_propagators_read_it(carrier: dict[str, str]) -> None:
-    ours = trace.get_current_span(_extract_entry(carrier)).get_span_context()
-    theirs = trace.get_current_span(_CARRIER.extract(carrier)).get_span_context()
-    assert ours == theirs

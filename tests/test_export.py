@@ -1,5 +1,5 @@
-"""hookline's OTLP/HTTP export, delivered to a real HTTP server (tests/unit/test_otlp.py
-checks the bytes against the SDK's own encoding)."""
+"""hookline's OTLP/HTTP export: batches delivered to a real HTTP server standing in for
+a collector, with the configured headers, compression, retries and queue limit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from hookline import otlp
+from hookline.export import OtlpHttpProcessor
 from tests.peers import Endpoint
 from tests.unit.spans import sdk_spans
 
@@ -49,7 +49,7 @@ async def test_the_processor_posts_batches_with_the_configured_headers_and_compr
         "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
     }
-    processor = otlp.OtlpHttpProcessor(server.url("/v1/traces"), spans[0].resource, env)
+    processor = OtlpHttpProcessor(server.url("/v1/traces"), spans[0].resource, env)
     for span in spans:
         processor.on_end(span)
     assert await asyncio.to_thread(processor.force_flush, 10_000)
@@ -74,7 +74,7 @@ async def test_a_503_from_the_collector_is_retried(
 ) -> None:
     server, got = collector
     spans = sdk_spans()
-    processor = otlp.OtlpHttpProcessor(server.url("/flaky"), spans[0].resource, {})
+    processor = OtlpHttpProcessor(server.url("/flaky"), spans[0].resource, {})
     processor.on_end(spans[0])
     assert await asyncio.to_thread(processor.force_flush, 10_000)
     await asyncio.to_thread(processor.shutdown)
@@ -88,7 +88,7 @@ async def test_spans_past_the_queue_limit_are_dropped_and_counted(
     server, got = collector
     spans = sdk_spans()
     env = {"OTEL_BSP_MAX_QUEUE_SIZE": "3", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3"}
-    processor = otlp.OtlpHttpProcessor(server.url("/slow"), spans[0].resource, env)
+    processor = OtlpHttpProcessor(server.url("/slow"), spans[0].resource, env)
     for _ in range(50):  # far faster than a collector that takes 0.3 s per request
         processor.on_end(spans[0])
     await asyncio.to_thread(processor.shutdown)
