@@ -34,14 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
@@ -356,8 +349,8 @@ def _extract_entry(carrier: dict[str, str]) -> Context:
             pass
         else:
             if trace_id and span_id and value[35] == value[52] == "-":
-                remote = SpanContext(trace_id, span_id, True, TraceFlags(flags & 0xFF))
-                return trace.set_span_in_context(NonRecordingSpan(remote), Context())
+                remote = trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags & 0xFF))
+                return trace.set_span_in_context(trace.NonRecordingSpan(remote), Context())
     return _CARRIER.extract(carrier)
 
 

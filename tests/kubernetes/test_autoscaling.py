@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookline.config import Config
@@ -394,8 +393,7 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
 ) -> None:
     config = stack_config(own_redis.url, "outage", str(tmp_path / "bodies"))
     op = scaling_operator(cluster, config, namespace, tmp_path / "operator.log")
-    client = aioredis.from_url(own_redis.url)
-    store = Store(client, config)
+    store = Store.connect(config)
     queue = store.queue
     try:
         op.start()
@@ -433,7 +431,6 @@ async def test_redis_unreachable_leaves_replicas_and_reports_the_reason(
     finally:
         op.stop()
         await store.aclose()
-        await client.aclose()
 
 
 async def test_scaler_works_with_only_its_rbac_permissions(

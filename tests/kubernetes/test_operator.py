@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from hookline.config import Config
 from hookline.models import key_hash
@@ -167,8 +166,7 @@ async def test_flushed_redis_is_refilled_within_one_interval(
 ) -> None:
     config = stack_config(own_redis.url, "flush", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
-    client = aioredis.from_url(own_redis.url)
-    store = Store(client, config)
+    store = Store.connect(config)
     registry = store.registry
     try:
         op.start()
@@ -178,7 +176,7 @@ async def test_flushed_redis_is_refilled_within_one_interval(
             endpoint_doc("b", namespace, "https://b.example.com/"),
         )
         before = {n: await registered(registry, f"{namespace}/{n}", op) for n in ("a", "b")}
-        await client.flushall()
+        await store.redis.flushall()
         flushed = time.monotonic()
         for n, ep in before.items():
             again = await registered(
@@ -192,13 +190,11 @@ async def test_flushed_redis_is_refilled_within_one_interval(
         assert time.monotonic() - flushed < INTERVAL + 2
         # The key index came back too: a receiver finds the endpoint by its key.
         key = await secret_value(cluster, "a-key", namespace, "key")
-        assert (
-            await client.hget(registry.keys.key_index, key_hash(key)) == f"{namespace}/a".encode()
-        )  # type: ignore[misc]
+        found = await store.redis.hget(registry.keys.key_index, key_hash(key))  # type: ignore[misc]
+        assert found == f"{namespace}/a".encode()
     finally:
         op.stop()
         await store.aclose()
-        await client.aclose()
 
 
 async def test_restarted_operator_handles_nothing_twice(
@@ -272,8 +268,7 @@ async def test_redis_down_is_reported_and_retried_until_registered(
 ) -> None:
     config = stack_config(own_redis.url, "down", str(tmp_path / "bodies"))
     op = OperatorProcess(cluster, operator_env(config, namespace), tmp_path / "operator.log")
-    client = aioredis.from_url(own_redis.url)
-    store = Store(client, config)
+    store = Store.connect(config)
     registry = store.registry
     try:
         op.start()
@@ -299,7 +294,6 @@ async def test_redis_down_is_reported_and_retried_until_registered(
     finally:
         op.stop()
         await store.aclose()
-        await client.aclose()
 
 
 async def test_operator_serves_probes_and_metrics(operator: OperatorProcess) -> None:

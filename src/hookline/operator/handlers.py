@@ -36,7 +36,7 @@ from hookline.config import Config
 from hookline.errors import (
     ApiUnavailable,
     HooklineError,
-    InvalidSpec,
+    PermanentError,
     SecretConflict,
     SecretNotFound,
     StoreUnavailable,
@@ -90,7 +90,7 @@ def _raise(error: HooklineError | None, config: Config) -> None:
     """The retry decision of a handler: permanent for bad input, temporary otherwise."""
     if error is None:
         return
-    if isinstance(error, InvalidSpec):
+    if isinstance(error, PermanentError):
         raise kopf.PermanentError(str(error))
     if isinstance(error, SecretNotFound | SecretConflict):
         # Resolved by a user (who creates, deletes or names a Secret); the Secret watch

@@ -47,6 +47,15 @@ from hookline.store import Figures, Registry
 
 SecretName = tuple[str, str]  # (namespace, name)
 
+# What keeps an endpoint from being registered, and the Ready=False reason it shows.
+_NOT_READY: dict[type[HooklineError], str] = {
+    InvalidSpec: st.INVALID_SPEC,
+    SecretNotFound: st.SECRET_NOT_FOUND,
+    SecretConflict: st.SECRET_CONFLICT,
+    StoreUnavailable: st.REGISTRY_UNAVAILABLE,
+    ApiUnavailable: st.API_UNAVAILABLE,
+}
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -184,21 +193,10 @@ class Reconciler:
             conditions.append(
                 st.Condition(st.READY, True, st.REGISTERED, f"registered as {res.id}")
             )
-        except InvalidSpec as exc:
+        except tuple(_NOT_READY) as exc:
             error = exc
-            conditions.append(st.Condition(st.READY, False, st.INVALID_SPEC, str(exc)))
-        except SecretNotFound as exc:
-            error = exc
-            conditions.append(st.Condition(st.READY, False, st.SECRET_NOT_FOUND, str(exc)))
-        except SecretConflict as exc:
-            error = exc
-            conditions.append(st.Condition(st.READY, False, st.SECRET_CONFLICT, str(exc)))
-        except StoreUnavailable as exc:
-            error = exc
-            conditions.append(st.Condition(st.READY, False, st.REGISTRY_UNAVAILABLE, str(exc)))
-        except ApiUnavailable as exc:
-            error = exc
-            conditions.append(st.Condition(st.READY, False, st.API_UNAVAILABLE, str(exc)))
+            reason = next(r for kind, r in _NOT_READY.items() if isinstance(exc, kind))
+            conditions.append(st.Condition(st.READY, False, reason, str(exc)))
         if not isinstance(error, StoreUnavailable):
             try:
                 delivering, figures = await self._delivery(res, pool)

@@ -38,62 +38,48 @@ Leases and locks (:mod:`hookline.store.leases`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 GROUP = "dispatchers"  # the consumer group of every pool's stream
 
 
-@dataclass(frozen=True, slots=True)
 class Keys:
-    prefix: str
+    """The names of the key families above for one prefix: fixed names as attributes,
+    per-pool and per-endpoint families as methods."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.dead = f"{prefix}:dead"
+        self.endpoints = f"{prefix}:endpoints"
+        self.key_index = f"{prefix}:keys"
+        self.disabled = f"{prefix}:disabled"
+        self.channel = f"{prefix}:registry"
+        self.scaler_lease = f"{prefix}:scaler:lease"
+
+    def _of(self, family: str, name: str) -> str:
+        return f"{self.prefix}:{family}:{name}"
 
     def stream(self, pool: str) -> str:
-        return f"{self.prefix}:stream:{pool}"
+        return self._of("stream", pool)
 
     def retry(self, pool: str) -> str:
-        return f"{self.prefix}:retry:{pool}"
+        return self._of("retry", pool)
 
     def retry_data(self, pool: str) -> str:
-        return f"{self.prefix}:retrydata:{pool}"
+        return self._of("retrydata", pool)
 
     def idempotency(self, hashed: str) -> str:
-        return f"{self.prefix}:idem:{hashed}"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.prefix}:dead"
+        return self._of("idem", hashed)
 
     def stats(self, endpoint_id: str) -> str:
-        return f"{self.prefix}:stats:{endpoint_id}"
+        return self._of("stats", endpoint_id)
 
     def attempts(self, endpoint_id: str) -> str:
-        return f"{self.prefix}:attempts:{endpoint_id}"
-
-    @property
-    def endpoints(self) -> str:
-        return f"{self.prefix}:endpoints"
-
-    @property
-    def key_index(self) -> str:
-        return f"{self.prefix}:keys"
-
-    @property
-    def disabled(self) -> str:
-        return f"{self.prefix}:disabled"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:registry"
+        return self._of("attempts", endpoint_id)
 
     def in_flight(self, endpoint_id: str) -> str:
-        return f"{self.prefix}:inflight:{endpoint_id}"
+        return self._of("inflight", endpoint_id)
 
     def rate(self, endpoint_id: str) -> str:
-        return f"{self.prefix}:rate:{endpoint_id}"
+        return self._of("rate", endpoint_id)
 
     def probe(self, endpoint_id: str) -> str:
-        return f"{self.prefix}:probe:{endpoint_id}"
-
-    @property
-    def scaler_lease(self) -> str:
-        return f"{self.prefix}:scaler:lease"
+        return self._of("probe", endpoint_id)
