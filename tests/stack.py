@@ -20,10 +20,9 @@ import redis.asyncio as aioredis
 from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.dispatcher import Dispatcher
-from hookline.http import serve
 from hookline.metrics import Metrics
 from hookline.models import Endpoint, SigningSecret, Webhook, endpoint_from_spec, new_id
-from hookline.receiver import create_app
+from hookline.receiver import create_app, frontdoor
 from hookline.runtime import client_session
 from hookline.signing import new_key, new_secret
 from hookline.store import Queue, Registry, RegistryCache, Store, redis_client
@@ -117,7 +116,7 @@ class Stack:
             self.config, cache, self.queue, self.bodies, self.metrics, self.receiver_tracing
         )
         self._receiver = asyncio.create_task(
-            serve(app, self.config.receiver_host, self.config.receiver_port, self._stop_receiver)
+            frontdoor.serve(app, self.config, self.metrics, self._stop_receiver)
         )
         self.caches.append(cache)
         for _ in range(100):

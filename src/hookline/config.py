@@ -42,7 +42,13 @@ class Config:
     receiver_port: int = _setting(8080, "receiver listen port (ingest, probes, metrics)")
     max_body_bytes: int = _setting(1 * MiB, "largest accepted body; 413 past it")
     inline_limit: int = _setting(64 * KiB, "bodies up to this size travel inside the queue entry")
-    request_timeout: float = _setting(20.0, "deadline for reading one ingest request")
+    request_timeout: float = _setting(
+        20.0, "deadline for one ingest request, from its first byte to the last of its body"
+    )
+    idle_timeout: float = _setting(60.0, "an ingest connection with no request this long is closed")
+    max_connections: int = _setting(
+        4096, "open ingest connections per receiver; past it a new one gets 503 and is closed"
+    )
     idempotency_ttl: float = _setting(86400.0, "how long an Idempotency-Key maps to its first id")
     retry_after: float = _setting(1.0, "Retry-After seconds sent with a 503")
 

@@ -63,5 +63,9 @@ def client_session(config: Config) -> aiohttp.ClientSession:
         enable_cleanup_closed=True,
     )
     return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        connector=connector,
+        auto_decompress=False,
+        # The endpoint gets the documented headers only (docs/delivery.md), none of
+        # aiohttp's defaults: no Accept, Accept-Encoding or made-up Content-Type.
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )

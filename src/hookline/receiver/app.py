@@ -28,6 +28,7 @@ from hookline.errors import BodyTooLarge, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import Endpoint, Webhook, new_id
+from hookline.receiver.frontdoor import FIRST_BYTE, deadline
 from hookline.store import Queue, RegistryCache
 from hookline.tracing import OFF, Tracing
 
@@ -79,6 +80,31 @@ def _allowed(forward_headers: tuple[str, ...]) -> tuple[str, ...]:
     """The headers an allow list really forwards: Content-Type, and never a dropped one."""
     names = dict.fromkeys(("content-type", *(h.lower() for h in forward_headers)))
     return tuple(h for h in names if h not in DROPPED_HEADERS)
+
+
+_PRINTABLE_RULE = "only visible ASCII characters, spaces and tabs are accepted"
+
+
+def _printable(value: str) -> bool:
+    """Whether a header value is what hookline stores and forwards: visible ASCII, space
+    and tab (aiohttp hands other bytes over as surrogates or Latin-1 characters)."""
+    return value.isascii() and all(c >= " " or c == "\t" for c in value) and "\x7f" not in value
+
+
+def _malformed(request: web.Request) -> tuple[str, str] | None:
+    """Why a request cannot be taken whatever its key: (code, reason), or None."""
+    if request.version < (1, 0):
+        return "unsupported_http_version", "HTTP/1.0 or HTTP/1.1 is required"
+    if request.version == (1, 0) and "chunked" in request.headers.get("Transfer-Encoding", ""):
+        return "bad_request", "HTTP/1.0 has no chunked transfer coding"
+    keys = request.headers.getall(KEY_HEADER, [])
+    if len(keys) > 1:
+        return "invalid_header", f"{KEY_HEADER} must be sent once"
+    for name in (KEY_HEADER, "Idempotency-Key"):
+        value = request.headers.get(name)
+        if value is not None and not _printable(value):
+            return "invalid_header", f"{name}: {_PRINTABLE_RULE}"
+    return None
 
 
 def forwarded_headers(request: web.Request, endpoint: Endpoint) -> dict[str, str]:
@@ -136,6 +162,9 @@ class Ingest:
             return response
 
     async def _send(self, request: web.Request) -> web.Response:
+        problem = _malformed(request)
+        if problem is not None:
+            return self.refuse(400, *problem)
         key = request.headers.get(KEY_HEADER)
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
@@ -156,24 +185,42 @@ class Ingest:
             return self.refuse(
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
+        headers = forwarded_headers(request, endpoint)
+        for name, value in headers.items():
+            if not _printable(value):
+                return self.refuse(400, "invalid_header", f"{name}: {_PRINTABLE_RULE}")
         limit = self.config.max_body_bytes
         clen = request.content_length
         if clen is not None and clen > limit:
             resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
             resp.force_close()
             return resp
+        idem = request.headers.get("Idempotency-Key")
+        idem_key = None
+        if idem:
+            idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
         if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
             # The whole body has already arrived: there is nothing left to read under the
             # deadline, and the enqueue is bounded by the queue's own Redis timeout.
-            return await self._accept(request, endpoint, clen)
+            return await self._accept(request, endpoint, headers, clen, idem_key)
+        # One deadline from the request's first byte (see hookline.receiver.frontdoor).
+        loop = asyncio.get_running_loop()
+        first = request.get(FIRST_BYTE, loop.time())
         try:
-            async with asyncio.timeout(self.config.request_timeout):
-                return await self._accept(request, endpoint, clen)
+            async with asyncio.timeout_at(first + self.config.request_timeout):
+                return await self._accept(request, endpoint, headers, clen, idem_key)
         except TimeoutError:
-            return self.refuse(408, "request_timeout", "the request was not read in time")
+            resp = self.refuse(408, "request_timeout", "the request was not read in time")
+            resp.force_close()
+            return resp
 
     async def _accept(
-        self, request: web.Request, endpoint: Endpoint, clen: int | None
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        headers: dict[str, str],
+        clen: int | None,
+        idem_key: str | None,
     ) -> web.Response:
         config = self.config
         wid = new_id()
@@ -207,16 +254,12 @@ class Ingest:
         webhook = Webhook(
             id=wid,
             endpoint=endpoint.id,
-            headers=forwarded_headers(request, endpoint),
+            headers=headers,
             body=body,
             body_ref=ref,
             size=size,
             created_ms=int(time.time() * 1000),
         )
-        idem = request.headers.get("Idempotency-Key")
-        idem_key = None
-        if idem:
-            idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
         try:
             with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
                 accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
@@ -272,7 +315,9 @@ def create_app(
     metrics: Metrics,
     tracing: Tracing = OFF,
 ) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[deadline, json_errors], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app[CACHE] = cache
     app[QUEUE] = queue

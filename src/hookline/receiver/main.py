@@ -10,9 +10,9 @@ import asyncio
 
 from hookline import runtime, telemetry
 from hookline.config import Config
-from hookline.http import serve
 from hookline.metrics import Metrics
 from hookline.receiver.app import create_app
+from hookline.receiver.frontdoor import serve
 from hookline.store import RegistryCache, Store
 
 
@@ -21,9 +21,10 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     bodies = runtime.body_store(config)
     tracing = telemetry.setup(config, telemetry.RECEIVER)
     cache = RegistryCache(store.registry, config.registry_refresh)
-    app = create_app(config, cache, store.queue, bodies, Metrics(), tracing)
+    metrics = Metrics()
+    app = create_app(config, cache, store.queue, bodies, metrics, tracing)
     try:
-        await serve(app, config.receiver_host, config.receiver_port, stop)
+        await serve(app, config, metrics, stop)
     finally:
         await tracing.close()
         await bodies.close()
