@@ -212,7 +212,7 @@ class FrontDoor(RequestHandler):
             self._chunks = None
         body = data
         if self._head is not None:  # still looking for the end of this request's head
-            seen = self._head + data
+            seen = self._head + data if self._head else data
             end = seen.find(b"\r\n\r\n")
             if end < 0:
                 self._head = seen[-(MAX_LINE * 2) :]  # a chunked header line is short
