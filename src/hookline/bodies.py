@@ -111,7 +111,10 @@ class FilesystemBodyStore:
             f.close()
 
     async def delete(self, ref: str) -> None:
-        await asyncio.to_thread(_unlink, self._path(ref))
+        try:
+            await asyncio.to_thread(_unlink, self._path(ref))
+        except OSError as exc:
+            raise StoreUnavailable(f"bodies: {exc}") from exc
 
     async def check(self) -> None:
         try:
