@@ -2,9 +2,11 @@
 
 A :class:`BodyStore` takes a body as a stream of chunks and gives back a
 reference that travels in the queue entry; the dispatcher streams it back by
-that reference and deletes it after the webhook's final outcome. Object names
-start with the UTC date (``YYYY/MM/DD/``), so a bucket lifecycle rule or a
-``find -mtime`` can expire whatever a crash left behind.
+that reference and deletes it after the webhook's final outcome. Whatever a crash
+or an outage left behind, the dispatchers' body reaper finds by :meth:`BodyStore.older`
+and removes when nothing in Redis references it (:mod:`hookline.dispatcher.reaper`).
+Object names start with the UTC date (``YYYY/MM/DD/<webhook id>``); the reaper
+considers nothing else in the folder or bucket.
 
 :class:`FilesystemBodyStore` is the local stack's store and the first
 implementation; the GCS store lives in ``hookline.gcs``. A body is only
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +32,15 @@ CHUNK = 256 * 1024
 
 def object_name(webhook_id: str, now: float | None = None) -> str:
     return time.strftime("%Y/%m/%d/", time.gmtime(now)) + webhook_id
+
+
+# What object_name makes (and, in the filesystem store, a body still being written:
+# ``<name>.part``). Anything else in the folder or bucket is not hookline's to remove.
+_BODY_NAME = re.compile(r"\d{4}/\d{2}/\d{2}/[^/]+")
+
+
+def is_body_name(name: str) -> bool:
+    return _BODY_NAME.fullmatch(name) is not None
 
 
 class BodyStore(Protocol):
@@ -46,6 +58,12 @@ class BodyStore(Protocol):
 
     async def delete(self, ref: str) -> None:
         """Remove a body; a missing one counts as removed."""
+        ...
+
+    def older(self, cutoff: float) -> AsyncIterator[str]:
+        """The reference of every body stored before ``cutoff`` (Unix seconds), including
+        what a crashed writer left unfinished where the store keeps such a thing; for the
+        body reaper. Raises StoreUnavailable when the store cannot be listed now."""
         ...
 
     async def check(self) -> None:
@@ -111,7 +129,20 @@ class FilesystemBodyStore:
             f.close()
 
     async def delete(self, ref: str) -> None:
-        await asyncio.to_thread(_unlink, self._path(ref))
+        try:
+            await asyncio.to_thread(_unlink, self._path(ref))
+        except OSError as exc:
+            raise StoreUnavailable(f"bodies: {exc}") from exc
+
+    async def older(self, cutoff: float) -> AsyncIterator[str]:
+        """Files last written before ``cutoff``, ``.part`` files of writers that died
+        included: a body being written is written to within the request's deadline."""
+        try:
+            refs = await asyncio.to_thread(_files_older, self.root, cutoff)
+        except OSError as exc:
+            raise StoreUnavailable(f"bodies: {exc}") from exc
+        for ref in refs:
+            yield ref
 
     async def check(self) -> None:
         try:
@@ -126,3 +157,17 @@ class FilesystemBodyStore:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _files_older(root: Path, cutoff: float) -> list[str]:
+    refs = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            ref = os.path.relpath(path, root)
+            if not is_body_name(ref):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # delivered and deleted meanwhile
+                if os.stat(path).st_mtime < cutoff:
+                    refs.append(ref)
+    return refs

@@ -56,6 +56,18 @@ class Config:
     body_store: str = _setting("fs", "where large bodies go: 'fs' (a folder) or 'gcs'")
     body_dir: str = _setting("var/bodies", "folder of the filesystem body store")
     body_retention: float = _setting(7 * 86400.0, "seconds dead-lettered bodies are kept")
+    # A receiver stores a body while it reads the request and enqueues it after, all within
+    # HOOKLINE_REQUEST_TIMEOUT of the request's start; a body younger than that may be one
+    # whose queue entry is still on its way, so the reaper only looks at older ones.
+    body_grace: float = _setting(
+        3600.0,
+        "seconds a stored body is left alone before the reaper may remove it for being "
+        "referenced by nothing; above HOOKLINE_REQUEST_TIMEOUT, which bounds the time "
+        "between storing a body and enqueueing its webhook",
+    )
+    body_reap_interval: float = _setting(
+        600.0, "seconds between two reaper passes over the body store (0: no reaper)"
+    )
     gcs_bucket: str = _setting("", "bucket of the GCS body store (required with 'gcs')")
     gcs_chunk_size: int = _setting(
         4 * MiB, "GCS upload chunk and download range, a multiple of 256 KiB; ~3 in memory per body"
@@ -86,6 +98,11 @@ class Config:
     https_only: bool = _setting(False, "deliver only to https:// URLs; others are dead-lettered")
     fault_ack_delay: float = _setting(
         0.0, "fault injection: seconds between an endpoint's 2xx and the acknowledgement"
+    )
+    fault_delete_delay: float = _setting(
+        0.0,
+        "fault injection: seconds between the acknowledgement of a delivery and the delete "
+        "of its stored body",
     )
 
     endpoint_concurrency: int = _setting(
@@ -244,6 +261,13 @@ def validate(config: Config) -> None:
         raise InvalidSpec("HOOKLINE_TRACING must be 'on', 'off' or 'auto'")
     if config.gcs_threads < 1:
         raise InvalidSpec("HOOKLINE_GCS_THREADS must be at least 1")
+    if config.body_grace <= config.request_timeout:
+        raise InvalidSpec(
+            "HOOKLINE_BODY_GRACE must exceed HOOKLINE_REQUEST_TIMEOUT: a body younger than "
+            "a request may take can be one whose webhook is still being enqueued"
+        )
+    if config.body_reap_interval < 0:
+        raise InvalidSpec("HOOKLINE_BODY_REAP_INTERVAL must be 0 (no reaper) or positive")
     if config.scale_interval <= 0:
         raise InvalidSpec("HOOKLINE_SCALE_INTERVAL must be positive")
     if not 0 <= config.scale_tolerance < 1:

@@ -2,12 +2,12 @@
 
 Built by the entry point (:func:`hookline.runtime.body_store` when
 ``HOOKLINE_BODY_STORE=gcs``) and used by the receiver (``put``) and the
-dispatcher (``open``, ``delete``) through the :class:`~hookline.bodies.BodyStore`
-protocol. It uses the official ``google-cloud-storage`` client, whose calls
-block, on a bounded pool of threads: the event loop only hands chunks over and
-awaits, a slow sender or endpoint holds no thread between two chunks, and the
-pool size bounds the GCS requests in flight per process (``docs/bodies.md``
-has the measurements behind this choice).
+dispatcher (``open``, ``delete``; its body reaper ``older``) through the
+:class:`~hookline.bodies.BodyStore` protocol. It uses the official
+``google-cloud-storage`` client, whose calls block, on a bounded pool of threads:
+the event loop only hands chunks over and awaits, a slow sender or endpoint holds
+no thread between two chunks, and the pool size bounds the GCS requests in flight
+per process (``docs/bodies.md`` has the measurements behind this choice).
 
 * ``put`` reads up to one chunk; a body that ends before that is one
   single-request upload. A longer one becomes a resumable upload, sent a chunk
@@ -18,6 +18,8 @@ has the measurements behind this choice).
   upload is abandoned in the background (session cancelled, object deleted if
   it got finished anyway).
 * ``open`` streams the object back as ranged reads of one chunk each.
+* ``older`` lists the bucket a page at a time with each object's creation time, for
+  the dispatchers' body reaper.
 * Objects are named ``YYYY/MM/DD/<webhook id>`` and created only if absent
   (``ifGenerationMatch=0``), which also makes retrying an upload safe.
 
@@ -34,7 +36,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,7 +51,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.fileio import BlobWriter
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from hookline.bodies import object_name
+from hookline.bodies import is_body_name, object_name
 from hookline.errors import BodyMissing, BodyTooLarge, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class GcsBodyStore:
         threads: int = 16,
         timeout: float = 10.0,
         endpoint: str | None = None,
+        list_page_size: int = 1000,
     ) -> None:
         if not bucket:
             raise ValueError("a bucket name is required")
@@ -83,6 +87,7 @@ class GcsBodyStore:
         self.threads = threads
         self.timeout = timeout
         self.endpoint = endpoint
+        self.list_page_size = list_page_size
         # Every call (and its retries) gives up after ``timeout`` seconds, so a GCS outage
         # becomes a 503 or a deferred delivery in bounded time.
         self.retry: Retry = DEFAULT_RETRY.with_timeout(timeout)
@@ -180,6 +185,24 @@ class GcsBodyStore:
         with contextlib.suppress(NotFound):
             await self._run(bucket.blob(ref).delete, timeout=self.timeout, retry=self.retry)
 
+    async def older(self, cutoff: float) -> AsyncIterator[str]:
+        """Objects created before ``cutoff``, listed a page at a time (an unfinished
+        resumable upload is no object: GCS drops its session by itself)."""
+        bucket = await self._bucket_handle()
+        pages = bucket.list_blobs(
+            page_size=self.list_page_size,
+            fields="items(name,timeCreated),nextPageToken",
+            timeout=self.timeout,
+            retry=self.retry,
+        ).pages  # lazy: each page is one request, made on the pool by _next_page
+        try:
+            while (page := await self._run(_next_page, pages)) is not None:
+                for name, created in page:
+                    if created < cutoff and is_body_name(name):
+                        yield name
+        except NotFound as exc:
+            raise StoreUnavailable(f"gcs: bucket {self.bucket_name!r}: {exc}") from exc
+
     async def check(self) -> None:
         # Credentials and client only, no request: a GCS outage must cost the large
         # bodies (503), not take every receiver out of its Service.
@@ -192,6 +215,18 @@ class GcsBodyStore:
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _next_page(pages: Iterator[Any]) -> list[tuple[str, float]] | None:
+    """The next page of a listing as (name, creation time), None after the last one."""
+    page = next(pages, None)
+    if page is None:
+        return None
+    # An object without its creation time (not seen from GCS) is taken for a new one.
+    return [
+        (blob.name, blob.time_created.timestamp() if blob.time_created else math.inf)
+        for blob in page
+    ]
 
 
 async def _result(future: Future[T]) -> T:

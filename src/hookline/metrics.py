@@ -102,6 +102,12 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.bodies_reaped = Counter(
+            "hookline_bodies_reaped",
+            "Stored bodies the reaper removed: older than HOOKLINE_BODY_GRACE and referenced "
+            "by no queue entry, retry or dead letter",
+            registry=r,
+        )
         self.queue_backlog = Gauge(
             "hookline_queue_backlog", "Entries waiting in a pool's stream", ["pool"], registry=r
         )

@@ -234,6 +234,22 @@ class Webhook:
             trace=m["tc"],
         )
 
+    @staticmethod
+    def body_ref_of(data: bytes) -> str | None:
+        """The body reference of a packed webhook, None when its body is inline or the
+        entry is unreadable. Reads only the first line: the body reaper runs this over
+        every entry in Redis."""
+        end = data.find(b"\n")
+        head = data if end < 0 else data[:end]
+        if b'"ref":"' not in head:  # an inline body's entry says "ref":null
+            return None
+        try:
+            meta = orjson.loads(head)
+        except orjson.JSONDecodeError:
+            return None
+        ref = meta.get("ref") if isinstance(meta, dict) else None
+        return ref if isinstance(ref, str) else None
+
 
 # Delivery outcomes: what one attempt came to, consumed by the retry policy.
 

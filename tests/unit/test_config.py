@@ -38,6 +38,8 @@ def test_settings_are_read_with_their_types_and_unset_or_empty_ones_keep_the_def
         ({"HOOKLINE_BODY_STORE": "gcs"}, "needs HOOKLINE_GCS_BUCKET"),
         ({"HOOKLINE_GCS_CHUNK_SIZE": "1000"}, "multiple of 256 KiB"),
         ({"HOOKLINE_SCALE_TOLERANCE": "1"}, "below 1"),
+        ({"HOOKLINE_BODY_GRACE": "20"}, "HOOKLINE_BODY_GRACE must exceed HOOKLINE_REQUEST_TIMEOUT"),
+        ({"HOOKLINE_BODY_REAP_INTERVAL": "-1"}, "0 \\(no reaper\\) or positive"),
     ],
 )
 def test_a_setting_that_cannot_be_used_is_refused_naming_the_variable(

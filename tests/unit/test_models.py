@@ -104,6 +104,16 @@ def test_a_queue_entry_carries_the_body_byte_for_byte() -> None:
     assert Webhook.unpack(stored.pack()) == stored
 
 
+def test_the_body_reference_reads_from_the_entry_without_its_body() -> None:
+    stored = Webhook("msg_2", "shop/orders", {"ref": "x"}, body_ref="2026/12/02/msg_2", size=9)
+    assert Webhook.body_ref_of(stored.pack()) == "2026/12/02/msg_2"
+    # A header named "ref", and a body that looks like a reference, are not one.
+    inline = Webhook("msg_3", "shop/orders", {"ref": "a/b"}, b'\n{"ref":"2026/12/02/msg_9"}')
+    assert Webhook.body_ref_of(inline.pack()) is None
+    assert Webhook.body_ref_of(b'{"ref":"2026/12/02/msg_4", broken') is None
+    assert Webhook.body_ref_of(b"") is None
+
+
 def test_a_rotated_out_secret_signs_until_its_time_and_the_current_one_always() -> None:
     assert SigningSecret("whsec_new").valid(now=1e12)
     old = SigningSecret("whsec_old", not_after=100.0)

@@ -31,6 +31,7 @@ from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.dispatcher.gates import Gates
 from hookline.dispatcher.policy import GiveUp, classify, decide, failing_too_long
+from hookline.dispatcher.reaper import Reaper
 from hookline.errors import BlockedDestination, BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
@@ -75,6 +76,9 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._read_min = max(1, min(config.read_batch, config.concurrency) // 4)
         self._stopping = asyncio.Event()
+        self.reaper: Reaper | None = None
+        if config.body_reap_interval > 0:
+            self.reaper = Reaper(config, store, bodies, metrics, holder=self.consumer)
 
     # -- the loops
 
@@ -106,6 +110,8 @@ class Dispatcher:
             asyncio.create_task(self._move_loop(), name="move-due"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
+        if self.reaper is not None:
+            loops.append(asyncio.create_task(self.reaper.run(self._stopping), name="reaper"))
         log.info("dispatcher %s serving pool %r", self.consumer, self.pool)
         await stop.wait()
         self._stopping.set()
@@ -239,7 +245,8 @@ class Dispatcher:
 
     async def _housekeeping(self) -> None:
         """Every second, catch up on failing endpoints' circuits; every minute, drop dead
-        letters (and their bodies) past retention."""
+        letters (and their bodies) past retention. The body reaper runs next to it, in a
+        loop of its own (a pass may take seconds; circuits must not wait for it)."""
         next_expiry = 0.0
         while not self._stopping.is_set():
             try:
@@ -373,6 +380,10 @@ class Dispatcher:
             self.gates.observe(endpoint.id, None)
             self.metrics.end_to_end.observe(max(0.0, now - webhook.created_ms / 1000))
             if webhook.body_ref is not None:
+                if self.config.fault_delete_delay:
+                    await asyncio.sleep(self.config.fault_delete_delay)
+                # A lost delete (this process killed now, the store failing) leaves the body
+                # to the reaper: no entry references it any more.
                 with contextlib.suppress(StoreUnavailable):
                     await self.bodies.delete(webhook.body_ref)
             return

@@ -9,7 +9,9 @@
 * :mod:`~hookline.store.deadletters`  the dead letter
 * :mod:`~hookline.store.figures`      per-endpoint figures and health, backlogs
 * :mod:`~hookline.store.registry`     endpoint records and the cache processes read
-* :mod:`~hookline.store.leases`       in-flight leases, rate tokens, probes, the scaler lease
+* :mod:`~hookline.store.leases`       in-flight leases, rate tokens, probes, the scaler and
+  reaper leases
+* :mod:`~hookline.store.references`   every body reference, read for the body reaper
 
 :class:`Store` builds them all over one connection; entry points make one per process
 and hand its parts to the components.
@@ -24,8 +26,9 @@ from hookline.store.connection import Connection, redis_client
 from hookline.store.deadletters import DeadLetter, DeadLetters
 from hookline.store.figures import Figures
 from hookline.store.keys import GROUP, Keys
-from hookline.store.leases import Leases, ScalerLease
+from hookline.store.leases import Lease, Leases, ReaperLease, ScalerLease
 from hookline.store.queue import Queue, Settled
+from hookline.store.references import References
 from hookline.store.registry import Registry, RegistryCache
 
 __all__ = [
@@ -35,8 +38,11 @@ __all__ = [
     "DeadLetters",
     "Figures",
     "Keys",
+    "Lease",
     "Leases",
     "Queue",
+    "ReaperLease",
+    "References",
     "Registry",
     "RegistryCache",
     "ScalerLease",
@@ -65,6 +71,7 @@ class Store:
         self.figures = Figures(self.conn, config.attempt_log)
         self.registry = Registry(self.conn)
         self.leases = Leases(self.conn)
+        self.references = References(self.conn)
         self._owns_redis = False
 
     @classmethod

@@ -7,10 +7,12 @@ expires them (returning the body references it must delete).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
 
-from hookline.errors import InvalidSpec
+from hookline.errors import InvalidSpec, StoreUnavailable
 from hookline.models import Webhook
 from hookline.store import scripts
 from hookline.store.connection import Connection, text
@@ -18,6 +20,7 @@ from hookline.store.queue import now_ms, unpack
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
 _BATCH = 500
+_REPLAY_WAIT = 30.0  # longer than a reaper pass over all but very large backlogs
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +72,24 @@ class DeadLetters:
         return _dead_letter(*batch[0]) if batch else None
 
     async def replay(self, letter: DeadLetter, pool: str) -> bool:
-        """Re-enqueue a dead letter with the same webhook id and a fresh attempt count."""
+        """Re-enqueue a dead letter with the same webhook id and a fresh attempt count; False
+        when it is no longer there. Waits while a body reaper pass reads the references (a
+        replay then could carry a body past the reads, see :mod:`hookline.store.references`)."""
         wh = letter.webhook
         wh.attempt = 0
         wh.created_ms = now_ms()
-        keys = [self.key, self.conn.keys.stream(pool)]
+        keys = [self.key, self.conn.keys.stream(pool), self.conn.keys.reaper_pass]
         args = [letter.id, wh.pack()]
-        return bool(await self.conn.run("dead letters", scripts.REPLAY, keys, args))
+        deadline = time.monotonic() + _REPLAY_WAIT
+        while True:
+            replayed = int(await self.conn.run("dead letters", scripts.REPLAY, keys, args))
+            if replayed >= 0:
+                return bool(replayed)
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"dead letters: a body reaper pass held replays for {_REPLAY_WAIT:g} s"
+                )
+            await asyncio.sleep(0.1)
 
     async def expire(self, before: float) -> list[str]:
         """Drop dead letters older than ``before`` (Unix seconds); returns the body references

@@ -34,6 +34,12 @@ Leases and locks (:mod:`hookline.store.leases`):
 * ``P:rate:EP``         hash: the token bucket of ``spec.rateLimit`` [dispatchers]
 * ``P:probe:EP``        the half-open circuit's single probe [dispatchers]
 * ``P:scaler:lease``    which operator replica scales the dispatchers [operator]
+
+The body reaper (:mod:`hookline.store.references`):
+
+* ``P:reaper:lease``    which dispatcher reaps stored bodies nothing references [dispatchers]
+* ``P:reaper:pass``     set while a reaper pass reads the body references: retries are not
+  moved back to their stream and dead letters not replayed meanwhile [the reaping dispatcher]
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class Keys:
         self.disabled = f"{prefix}:disabled"
         self.channel = f"{prefix}:registry"
         self.scaler_lease = f"{prefix}:scaler:lease"
+        self.reaper_lease = f"{prefix}:reaper:lease"
+        self.reaper_pass = f"{prefix}:reaper:pass"
 
     def _of(self, family: str, name: str) -> str:
         return f"{self.prefix}:{family}:{name}"

@@ -5,10 +5,13 @@
   dispatcher's slots free themselves) and a token of ``spec.rateLimit``'s bucket,
   refilled from Redis's own clock;
 * the half-open circuit's single probe;
-* :class:`ScalerLease`: which operator replica scales the dispatchers.
+* :class:`Lease`, one holder at a time: :class:`ScalerLease` (which operator replica
+  scales the dispatchers), :class:`ReaperLease` (which dispatcher reaps unreferenced
+  bodies), and a reaper pass's own (:mod:`hookline.store.references`).
 
 The decisions around them (when to ask, how long to wait) are the callers':
-:mod:`hookline.dispatcher.gates` and :mod:`hookline.operator.scaler`.
+:mod:`hookline.dispatcher.gates`, :mod:`hookline.dispatcher.reaper` and
+:mod:`hookline.operator.scaler`.
 """
 
 from __future__ import annotations
@@ -57,20 +60,43 @@ class Leases:
                 await self.conn.call("gates", "DEL", self.keys.probe(endpoint_id))
 
 
-class ScalerLease:
-    """One scaler at a time among the operator replicas sharing a Redis prefix."""
+class Lease:
+    """One holder at a time among the processes sharing a Redis prefix; it lapses ``ttl``
+    seconds after its holder last held it, so a crashed holder hands over by itself."""
 
-    def __init__(self, conn: Connection, ttl: float, holder: str | None = None) -> None:
+    def __init__(
+        self, conn: Connection, key: str, ttl: float, holder: str | None = None, what: str = ""
+    ) -> None:
         self.conn = conn
-        self.key = conn.keys.scaler_lease
+        self.key = key
         self.ttl_ms = int(ttl * 1000)
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.what = what or key
 
     async def hold(self) -> bool:
         """Take the lease when it is free, extend it when it is ours."""
         args = [self.holder, self.ttl_ms]
-        return bool(await self.conn.run("scaler lease", scripts.HOLD_LEASE, [self.key], args))
+        return bool(await self.conn.run(self.what, scripts.HOLD_LEASE, [self.key], args))
+
+    async def extend(self) -> bool:
+        """Extend the lease only if it is still ours; False once it lapsed (even if free)."""
+        args = [self.holder, self.ttl_ms]
+        return bool(await self.conn.run(self.what, scripts.EXTEND_LEASE, [self.key], args))
 
     async def release(self) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self.conn.run("scaler lease", scripts.RELEASE_LEASE, [self.key], [self.holder])
+            await self.conn.run(self.what, scripts.RELEASE_LEASE, [self.key], [self.holder])
+
+
+class ScalerLease(Lease):
+    """One scaler at a time among the operator replicas sharing a Redis prefix."""
+
+    def __init__(self, conn: Connection, ttl: float, holder: str | None = None) -> None:
+        super().__init__(conn, conn.keys.scaler_lease, ttl, holder, "scaler lease")
+
+
+class ReaperLease(Lease):
+    """One body reaper at a time among the dispatchers sharing a Redis prefix."""
+
+    def __init__(self, conn: Connection, ttl: float, holder: str | None = None) -> None:
+        super().__init__(conn, conn.keys.reaper_lease, ttl, holder, "reaper lease")

@@ -238,8 +238,14 @@ class Queue:
         return Settled.from_script(raw)
 
     async def move_due(self, pool: str, limit: int = 1000) -> int:
-        """Move retries whose time has come back onto the stream; returns how many."""
-        keys = [self.keys.retry(pool), self.keys.retry_data(pool), self.keys.stream(pool)]
+        """Move retries whose time has come back onto the stream; returns how many (none
+        while a body reaper pass reads the references, see :mod:`hookline.store.references`)."""
+        keys = [
+            self.keys.retry(pool),
+            self.keys.retry_data(pool),
+            self.keys.stream(pool),
+            self.keys.reaper_pass,
+        ]
         return int(await self.conn.run("queue", scripts.MOVE_DUE, keys, [now_ms(), limit]))
 
 

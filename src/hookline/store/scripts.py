@@ -149,9 +149,11 @@ return {1, h[1], h[2], h[3]}
 """
 )
 
-# KEYS: retry zset, retry hash, stream   ARGV: now_ms, limit
+# KEYS: retry zset, retry hash, stream, reaper pass   ARGV: now_ms, limit
+# Moves nothing while a reaper pass reads the body references (see hookline.store.references).
 MOVE_DUE = _script(
     """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, uid in ipairs(due) do
   local d = redis.call('HGET', KEYS[2], uid)
@@ -163,9 +165,11 @@ return #due
 """
 )
 
-# KEYS: dead stream, target stream   ARGV: dead id, packed
+# KEYS: dead stream, target stream, reaper pass   ARGV: dead id, packed
+# Returns 1 (replayed), 0 (no such dead letter) or -1 (a reaper pass is reading: try again).
 REPLAY = _script(
     """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
 return 1
@@ -249,6 +253,16 @@ HOLD_LEASE = _script(
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+)
+
+# KEYS: lease   ARGV: holder, ttl ms. Extend the lease only while it is still ours: one
+# that lapsed is not taken again, so its holder learns that it may have had a gap.
+EXTEND_LEASE = _script(
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 )
