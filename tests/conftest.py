@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hookline.config import Config
-from tests.peers import Endpoint, RedisServer
+from tests.peers import Endpoint, GcsServer, RedisServer
 from tests.stack import Stack, stack_config
 
 
@@ -47,3 +47,12 @@ async def stack(config: Config) -> AsyncIterator[Stack]:
     s = await Stack(config).start()
     yield s
     await s.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """One GCS emulator for the tests that do not stop it; they keep apart by bucket."""
+    server = GcsServer(tmp_path_factory.mktemp("gcs") / "data")
+    server.start()
+    yield server
+    server.stop()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -335,6 +336,23 @@ async def eventually(
             return
         await asyncio.sleep(interval)
     pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
+
+
+async def wait_ready(port: int, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until the ``/readyz`` on ``port`` answers 200 (30 s); a process that exits fails."""
+
+    async def ready() -> bool:
+        assert proc is None or proc.poll() is None, f"the {what} process exited"
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+            ):
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(ready, 30, f"the {what}'s /readyz")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -37,15 +37,6 @@ INLINE = 64 * KiB
 CHUNK = 1 * MiB  # small chunks, so that 5 MiB and 50 MiB bodies take many of them
 
 
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
-    """One emulator for the tests that do not stop it; they keep apart by bucket."""
-    server = GcsServer(tmp_path_factory.mktemp("gcs") / "data")
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def own_gcs(tmp_path: Path) -> Iterator[GcsServer]:
     """An emulator of the test's own, for tests that stop and restart it."""

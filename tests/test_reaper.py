@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -31,7 +31,7 @@ from hookline.config import Config, KiB
 from hookline.gcs import GcsBodyStore
 from hookline.models import Webhook
 from hookline.store import Lease
-from tests.peers import Endpoint, GcsServer, RedisServer, eventually, free_port, ok
+from tests.peers import Endpoint, GcsServer, RedisServer, eventually, free_port, ok, wait_ready
 from tests.stack import Stack, queued, stack_config
 
 GRACE = 0.5
@@ -48,14 +48,6 @@ class Stored:
     store: BodyStore
     names: Callable[[], set[str]]
     env: dict[str, str]
-
-
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
-    server = GcsServer(tmp_path_factory.mktemp("gcs-reaper") / "data")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["fs", "gcs"])
@@ -230,21 +222,6 @@ def process_env(config: Config, stored: Stored, **extra: str) -> dict[str, str]:
     }
 
 
-async def wait_ready(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    async def ready() -> bool:
-        assert proc.poll() is None, f"the {what} process exited"
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{port}/readyz") as resp,
-            ):
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await eventually(ready, 30, f"the {what} process to be ready")
-
-
 async def scrape(port: int, name: str) -> float:
     async with (
         aiohttp.ClientSession() as session,
@@ -313,7 +290,7 @@ async def test_body_of_a_delivery_cut_by_kill_9_is_gone_within_grace_and_interva
             HOOKLINE_BODY_REAP_INTERVAL=str(INTERVAL),
         )
         second = hookline("dispatcher", env, tmp_path / "second.log")
-        await wait_ready(port, second, "second dispatcher")
+        await wait_ready(port, "second dispatcher", second)
         ready = time.monotonic()
         # The killed dispatcher's lease lapses after 3 intervals; then a pass each interval.
         bound = GRACE + 4 * INTERVAL + 5
@@ -364,7 +341,7 @@ async def test_body_of_a_receiver_killed_before_enqueueing_is_reaped(
             HOOKLINE_REDIS_TIMEOUT="30",  # the enqueue waits for Redis rather than fails
         )
         receiver = hookline("receiver", env, tmp_path / "receiver.log")
-        await wait_ready(port, receiver, "receiver")
+        await wait_ready(port, "receiver", receiver)
         before = stored.names()
 
         await stack.redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")

@@ -18,13 +18,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from hookline.config import Config
 from tests.history import History
-from tests.peers import Endpoint, eventually, free_port
+from tests.peers import Endpoint, free_port, wait_ready
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -84,20 +83,6 @@ async def slowish_endpoint() -> AsyncIterator[Endpoint]:
     await server.stop()
 
 
-async def wait_ready(port: int) -> None:
-    async def ready() -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{port}/readyz") as resp,
-            ):
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await eventually(ready, 30, "the dispatcher's /readyz")
-
-
 async def run_kill_campaign(
     stack: Stack, endpoint: Endpoint, env: dict[str, str], kills: int
 ) -> History:
@@ -122,7 +107,7 @@ async def run_kill_campaign(
     probe_port = free_port()
     final = start_dispatcher({**env, "HOOKLINE_DISPATCHER_PORT": str(probe_port)})
     try:
-        await wait_ready(probe_port)
+        await wait_ready(probe_port, "dispatcher")
         # Bounded; if anything is missing, the history check below names it.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
