@@ -1,10 +1,11 @@
 """Slow clients against the request deadline: one deadline, from a request's first byte.
 
-The receiver here has ``HOOKLINE_REQUEST_TIMEOUT`` = 2 s. A client that sends nothing,
-or trickles its header or its body, must be answered ``408`` (JSON) or disconnected
-within the deadline and a margin, counted from its first byte (from the connect when
-it sends none); one that stays open past that holds a file descriptor for as long as
-it likes (finding 3). Idle connections must not keep a good request from being served.
+The receiver here has ``HOOKLINE_REQUEST_TIMEOUT`` = 2 s and ``HOOKLINE_IDLE_TIMEOUT`` =
+1.5 s. A client that trickles its header or its body must be answered ``408`` (JSON) or
+disconnected within the deadline and a margin, counted from its first byte; one that
+sends nothing is idle and closed at the idle timeout. One that stays open past that
+holds a file descriptor for as long as it likes (finding 3). Idle connections must not
+keep a good request from being served.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def head(door: FrontDoor, length: int) -> bytes:
     return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
 
 
-async def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
+async def test_a_connection_that_sends_nothing_is_closed_at_the_idle_timeout(
     front_door: FrontDoor,
 ) -> None:
     await trickle(front_door, [], "a connection that sends nothing")

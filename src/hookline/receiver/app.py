@@ -78,8 +78,11 @@ TRACING: web.AppKey[Tracing] = web.AppKey("tracing", Tracing)
 
 @functools.lru_cache(maxsize=1024)
 def _allowed(forward_headers: tuple[str, ...]) -> tuple[str, ...]:
-    """The headers an allow list really forwards: Content-Type, and never a dropped one."""
-    names = dict.fromkeys(("content-type", *(h.lower() for h in forward_headers)))
+    """The headers an allow list really forwards: the two that describe the body
+    (Content-Type, Content-Encoding), and never a dropped one."""
+    names = dict.fromkeys(
+        ("content-type", "content-encoding", *(h.lower() for h in forward_headers))
+    )
     return tuple(h for h in names if h not in DROPPED_HEADERS)
 
 
@@ -288,6 +291,17 @@ class Ingest:
                 await asyncio.shield(self.bodies.delete(ref))
 
 
+async def _expect(request: web.Request) -> web.Response | None:
+    """``Expect: 100-continue`` is answered ``100 Continue``; any other expectation is
+    refused as JSON (aiohttp's own answer is plain text)."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error(417, "expectation_failed", "only Expect: 100-continue is understood")
+    if request.version == (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun
+    return None
+
+
 def _readiness(
     cache: RegistryCache, queue: Queue, bodies: BodyStore
 ) -> Callable[[], Awaitable[str | None]]:
@@ -325,7 +339,7 @@ def create_app(
     app[METRICS] = metrics
     app[TRACING] = tracing
     ingest = Ingest(app)
-    app.add_routes([web.post(ROUTE, ingest.send)])
+    app.add_routes([web.post(ROUTE, ingest.send, expect_handler=_expect)])
     app.add_routes(probe_routes(metrics, _readiness(cache, queue, bodies)))
 
     async def follow_registry(_: web.Application) -> AsyncIterator[None]:

@@ -170,6 +170,7 @@ class FrontDoor(RequestHandler):
             max_line_size=MAX_LINE,
             max_field_size=MAX_LINE,
             max_headers=MAX_HEADERS,
+            auto_decompress=False,  # a body is relayed byte for byte, as it was signed
         )
         self.config = config
         self.open_count = open_count  # shared by the connections of one listener
