@@ -179,3 +179,27 @@ async def test_410_gone_disables_the_endpoint_and_dead_letters_what_is_queued(
     assert "410" in body["reason"]
     (letter,) = await stack.store.dead_letters.find()
     assert "410" in letter.reason
+
+
+async def test_the_endpoint_gets_exactly_the_documented_headers(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    """docs/delivery.md names every header a delivery carries: the body's own two, the
+    endpoint's allow list, the three Standard Webhooks headers, User-Agent, Host and
+    Content-Length — nothing aiohttp would add by itself (Accept, Accept-Encoding, a
+    made-up Content-Type)."""
+    _, key = await stack.add_endpoint(endpoint.url("/h"), forwardHeaders=["X-Event-Type"])
+    sent = {"X-Event-Type": "invoice.paid", "X-Other": "not forwarded", "Accept": "text/x"}
+    assert (await stack.send(key, b'{"n":1}', **sent))[0] == 202
+    await endpoint.wait_for(lambda: len(endpoint.received) == 1, 10, "the delivery")
+    got = {name.lower() for name in endpoint.received[0].headers}
+    assert got == {
+        "host",
+        "content-length",
+        "content-type",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-event-type",
+    }

@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 
 from hookline.config import Config
-from tests.peers import Endpoint
+from tests.peers import Endpoint, eventually
 from tests.stack import Stack
 
 
@@ -203,3 +203,25 @@ async def test_an_absurd_chunk_size_is_refused_at_once(door: Stack, endpoint: En
     status, _, body, _ = await exchange(door, good)
     assert status == 202, body
     assert await stream_length(door) == 1
+
+
+async def test_a_sender_that_hangs_up_after_its_body_still_has_its_webhook_queued(
+    door: Stack, endpoint: Endpoint
+) -> None:
+    """The documented decision: once the whole body has arrived the webhook is taken, the
+    202 may be lost on the way back, and a retry without an Idempotency-Key is a second
+    webhook — with one, the retry finds the first."""
+    _, key = await door.add_endpoint(endpoint.url("/a"))
+    request = post(key.encode(), b'{"n":1}', b"Idempotency-Key: order-7")
+    _, writer = await asyncio.open_connection("127.0.0.1", door.config.receiver_port)
+    writer.write(request)
+    await writer.drain()
+    writer.close()  # hangs up without reading the answer
+
+    async def queued() -> bool:
+        return await stream_length(door) == 1
+
+    await eventually(queued, 5, "the webhook of the sender that hung up")
+    status, _, body, _ = await exchange(door, request)  # the sender's retry
+    assert status == 202, body
+    assert await stream_length(door) == 1, "the retry with its Idempotency-Key queued again"
