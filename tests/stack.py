@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -62,6 +65,47 @@ def queued(endpoint_id: str, body: bytes = b"{}") -> Webhook:
         body=body,
         size=len(body),
         created_ms=int(time.time() * 1000),
+    )
+
+
+def hookline(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hookline ARGS…`` run as a user runs it, against the stack's Redis and prefix."""
+    env = dict(os.environ, HOOKLINE_REDIS_URL=config.redis_url, HOOKLINE_PREFIX=config.prefix)
+    return subprocess.run(
+        [sys.executable, "-m", "hookline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def dispatcher_env(config: Config, **extra: str) -> dict[str, str]:
+    """The environment of a ``hookline dispatcher`` process for the stack: reclaim after 1 s,
+    fast retries, loopback endpoints allowed."""
+    env = dict(os.environ)
+    env.update(
+        HOOKLINE_REDIS_URL=config.redis_url,
+        HOOKLINE_PREFIX=config.prefix,
+        HOOKLINE_DISPATCHER_PORT="0",
+        HOOKLINE_CLAIM_IDLE="1",
+        HOOKLINE_RETRY_BASE="0.05",
+        HOOKLINE_RETRY_MAX_BACKOFF="0.2",
+        HOOKLINE_ALLOW_CIDRS="127.0.0.0/8",
+        HOOKLINE_CONCURRENCY="32",
+        **extra,
+    )
+    return env
+
+
+def dispatcher_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A real ``hookline dispatcher`` process, for tests that kill one."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hookline", "--log-level", "WARNING", "dispatcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
