@@ -210,9 +210,10 @@ class Stack:
         await self.redis.aclose()
 
     async def add_endpoint(
-        self, url: str, name: str | None = None, **spec: Any
+        self, url: str, name: str | None = None, within: float = 2.0, **spec: Any
     ) -> tuple[Endpoint, str]:
-        """Register an endpoint for ``url``; returns it and its ingest key."""
+        """Register an endpoint for ``url``; returns it and its ingest key once every running
+        component knows it (failing after ``within`` seconds)."""
         key = new_key()
         secret = new_secret()
         name = name or f"ep-{len(self.secrets)}"
@@ -221,16 +222,20 @@ class Stack:
         )
         await self.registry.put(endpoint)
         self.secrets[endpoint.id] = secret
-        await self.propagated(lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered")
+        await self.propagated(
+            lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered", within
+        )
         return endpoint, key
 
-    async def propagated(self, check: Callable[[RegistryCache], bool], what: str) -> None:
+    async def propagated(
+        self, check: Callable[[RegistryCache], bool], what: str, within: float = 2.0
+    ) -> None:
         """Wait until every running component's registry cache satisfies ``check``."""
 
         async def all_caches() -> bool:
             return all(check(c) for c in self.caches if c.loaded.is_set())
 
-        await eventually(all_caches, 2.0, what)
+        await eventually(all_caches, within, what)
 
     async def send(
         self, key: str | None, body: bytes = b'{"hello":"world"}', **headers: str
