@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -61,6 +64,47 @@ def queued(endpoint_id: str, body: bytes = b"{}") -> Webhook:
         body=body,
         size=len(body),
         created_ms=int(time.time() * 1000),
+    )
+
+
+def hookline(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hookline ARGS…`` run as a user runs it, against the stack's Redis and prefix."""
+    env = dict(os.environ, HOOKLINE_REDIS_URL=config.redis_url, HOOKLINE_PREFIX=config.prefix)
+    return subprocess.run(
+        [sys.executable, "-m", "hookline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def dispatcher_env(config: Config, **extra: str) -> dict[str, str]:
+    """The environment of a ``hookline dispatcher`` process for the stack: reclaim after 1 s,
+    fast retries, loopback endpoints allowed."""
+    env = dict(os.environ)
+    env.update(
+        HOOKLINE_REDIS_URL=config.redis_url,
+        HOOKLINE_PREFIX=config.prefix,
+        HOOKLINE_DISPATCHER_PORT="0",
+        HOOKLINE_CLAIM_IDLE="1",
+        HOOKLINE_RETRY_BASE="0.05",
+        HOOKLINE_RETRY_MAX_BACKOFF="0.2",
+        HOOKLINE_ALLOW_CIDRS="127.0.0.0/8",
+        HOOKLINE_CONCURRENCY="32",
+        **extra,
+    )
+    return env
+
+
+def dispatcher_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A real ``hookline dispatcher`` process, for tests that kill one."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hookline", "--log-level", "WARNING", "dispatcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -165,9 +209,10 @@ class Stack:
         await self.redis.aclose()
 
     async def add_endpoint(
-        self, url: str, name: str | None = None, **spec: Any
+        self, url: str, name: str | None = None, within: float = 2.0, **spec: Any
     ) -> tuple[Endpoint, str]:
-        """Register an endpoint for ``url``; returns it and its ingest key."""
+        """Register an endpoint for ``url``; returns it and its ingest key once every running
+        component knows it (failing after ``within`` seconds)."""
         key = new_key()
         secret = new_secret()
         name = name or f"ep-{len(self.secrets)}"
@@ -176,16 +221,20 @@ class Stack:
         )
         await self.registry.put(endpoint)
         self.secrets[endpoint.id] = secret
-        await self.propagated(lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered")
+        await self.propagated(
+            lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered", within
+        )
         return endpoint, key
 
-    async def propagated(self, check: Callable[[RegistryCache], bool], what: str) -> None:
+    async def propagated(
+        self, check: Callable[[RegistryCache], bool], what: str, within: float = 2.0
+    ) -> None:
         """Wait until every running component's registry cache satisfies ``check``."""
 
         async def all_caches() -> bool:
             return all(check(c) for c in self.caches if c.loaded.is_set())
 
-        await eventually(all_caches, 2.0, what)
+        await eventually(all_caches, within, what)
 
     async def send(
         self, key: str | None, body: bytes = b'{"hello":"world"}', **headers: str

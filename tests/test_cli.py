@@ -17,19 +17,7 @@ from datetime import UTC, datetime
 from hookline.config import Config
 from hookline.models import Webhook
 from tests.peers import Endpoint, eventually, status
-from tests.stack import Stack
-
-
-def hookline(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOOKLINE_REDIS_URL=config.redis_url, HOOKLINE_PREFIX=config.prefix)
-    return subprocess.run(
-        [sys.executable, "-m", "hookline", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.stack import Stack, hookline
 
 
 async def test_dead_letters_are_listed_shown_and_replayed_with_the_same_id(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import replace
+
+from aiohttp import web
 
 from hookline.config import Config
 from tests.peers import (
@@ -16,7 +19,7 @@ from tests.peers import (
     slow,
     status,
 )
-from tests.stack import Stack
+from tests.stack import Stack, dispatcher_env, dispatcher_process, hookline
 
 
 async def test_5xx_then_2xx_is_delivered_after_a_retry(stack: Stack, endpoint: Endpoint) -> None:
@@ -146,6 +149,48 @@ async def test_entries_of_a_dispatcher_that_vanished_are_reclaimed(
     assert len(taken) == 5
     await stack.start_dispatcher()
     await endpoint.wait_for(lambda: set(ids) <= set(endpoint.ids()), 10, "reclaimed deliveries")
+
+
+async def test_a_delivery_cut_short_by_kill_9_is_sent_again_and_counted_as_a_duplicate(
+    config: Config, endpoint: Endpoint
+) -> None:
+    """The endpoint holds the first POST open; its dispatcher process is killed meanwhile.
+    Another reclaims the entry and delivers it: the endpoint has the id twice, and the
+    figures say so."""
+    release = asyncio.Event()
+
+    async def hold_the_first(_: web.Request, nth: int) -> web.StreamResponse:
+        if nth == 1:
+            await release.wait()
+        return web.Response(status=204)
+
+    stack = await Stack(config).start(dispatchers=0)
+    doomed = dispatcher_process(dispatcher_env(config))
+    try:
+        ep, key = await stack.add_endpoint(endpoint.on("/held", hold_the_first))
+        wid = (await stack.send(key))[1]["id"]
+        await endpoint.wait_for(lambda: endpoint.ids()[wid] == 1, 30, "the first POST")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        await stack.start_dispatcher(claim_idle=1.0)
+        await endpoint.wait_for(lambda: endpoint.ids()[wid] == 2, 10, "the POST after reclaim")
+
+        async def settled() -> bool:
+            return (await stack.store.figures.stats(ep.id)).get("delivered") == "1"
+
+        await eventually(settled, 5, "the delivery recorded")
+        table = await asyncio.to_thread(hookline, stack.config, "endpoints")
+        assert table.returncode == 0, table.stderr
+        header, row = (line.split() for line in table.stdout.splitlines()[:2])
+        assert dict(zip(header[:6], row[:6], strict=True))["DUPLICATES"] == "1", table.stdout
+        duplicates = stack.metrics.registry.get_sample_value("hookline_duplicate_deliveries_total")
+        assert duplicates == 1
+    finally:
+        release.set()
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait(10)
+        await stack.stop()
 
 
 async def test_sigterm_during_deliveries_loses_nothing(config: Config, endpoint: Endpoint) -> None:

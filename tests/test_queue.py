@@ -1,4 +1,5 @@
-"""The queue's write path: batched settling, script cache loss, Redis down, credentials."""
+"""The queue's write path: batched settling, duplicates counted, script cache loss, Redis down,
+credentials."""
 
 from __future__ import annotations
 
@@ -31,24 +32,85 @@ async def store(config: Config) -> AsyncIterator[Store]:
     await store.aclose()
 
 
-async def test_deliveries_settled_together_are_each_acknowledged_and_counted(
+async def test_deliveries_settled_together_are_each_acknowledged_and_reclaimed_ones_counted(
     store: Store,
 ) -> None:
+    queue = store.queue
     sent = [webhook("test/a") for _ in range(30)] + [webhook("test/b") for _ in range(20)]
-    await asyncio.gather(*(store.queue.enqueue("default", wh) for wh in sent))
-    read = await store.queue.read("default", "c1", 100, block_ms=100)
+    await asyncio.gather(*(queue.enqueue("default", wh) for wh in sent))
+    read = await queue.read("default", "c1", 100, block_ms=100)
     assert sorted(wh.id for _, wh in read) == sorted(wh.id for wh in sent)
-    settle = [store.queue.delivered("default", mid, wh.endpoint) for mid, wh in read]
-    # Ten entries settled twice in the same batch: only the first counts.
-    settle += [store.queue.delivered("default", mid, wh.endpoint) for mid, wh in read[:10]]
+    assert (
+        await asyncio.gather(*(queue.sending("default", "c1", *e) for e in ids(read)))
+        == [True] * 50
+    )
+    # c2 takes ten of them over, as from a consumer gone quiet, and sends them too.
+    taken = await queue.claim("default", "c2", 0.0, 10)
+    assert (
+        await asyncio.gather(*(queue.sending("default", "c2", *e) for e in ids(taken)))
+        == [True] * 10
+    )
+    # Those are no longer c1's: it would not send them again.
+    assert not any(await asyncio.gather(*(queue.sending("default", "c1", *e) for e in ids(taken))))
+    # Both settle in the same batch: each entry is recorded once; a delivery that followed
+    # another consumer's unsettled attempt counts one duplicate.
+    settle = [queue.delivered("default", mid, wh) for mid, wh in read]
+    settle += [queue.delivered("default", mid, wh) for mid, wh in taken]
     results = await asyncio.gather(*settle)
-    assert results == [True] * 50 + [False] * 10
+    assert [r.acked for r in results] == [True] * 50 + [False] * 10
+    assert sum(r.duplicates for r in results) == 10
     a, b = await store.figures.stats("test/a"), await store.figures.stats("test/b")
-    dup_a = sum(1 for _, wh in read[:10] if wh.endpoint == "test/a")
+    dup_a = sum(1 for _, wh in taken if wh.endpoint == "test/a")
     assert (a["delivered"], b["delivered"]) == ("30", "20")
     assert int(a.get("duplicates", 0)) + int(b.get("duplicates", 0)) == 10
     assert int(a.get("duplicates", 0)) == dup_a
     assert (await store.figures.backlog("default"))["stream"] == 0
+    assert await store.redis.hlen(store.keys.sending("default")) == 0  # type: ignore[misc]
+
+
+def ids(entries: list[tuple[bytes, Webhook]]) -> list[tuple[bytes, str]]:
+    return [(mid, wh.id) for mid, wh in entries]
+
+
+async def test_an_attempt_left_unsettled_counts_when_its_webhook_is_finally_delivered(
+    store: Store,
+) -> None:
+    queue, wh = store.queue, webhook()
+    await queue.enqueue("default", wh)
+    ((mid, _),) = await queue.read("default", "c1", 10, block_ms=100)
+    assert await queue.sending("default", "c1", mid, wh.id)  # c1 sends it, then dies
+    ((mid, _),) = await queue.claim("default", "c2", 0.0, 10)
+    assert await queue.sending("default", "c2", mid, wh.id)
+    failure = {"at": 0, "reason": "HTTP 500"}
+    assert (await queue.reschedule("default", mid, wh, 0.0, failure, sent=True)).acked
+    assert await queue.move_due("default") == 1
+    ((mid, _),) = await queue.read("default", "c2", 10, block_ms=100)
+    assert await queue.sending("default", "c2", mid, wh.id)
+    settled = await queue.delivered("default", mid, wh)
+    assert (settled.acked, settled.duplicates) == (True, 1)
+    assert (await store.figures.stats("test/a"))["duplicates"] == "1"
+    assert await store.redis.hlen(store.keys.sending("default")) == 0  # type: ignore[misc]
+
+
+async def test_retries_after_recorded_failures_are_no_duplicates_and_dead_letters_keep_no_record(
+    store: Store,
+) -> None:
+    queue, retried, doomed = store.queue, webhook(), webhook()
+    await queue.enqueue("default", retried)
+    await queue.enqueue("default", doomed)
+    (mid, _), (mid2, _) = await queue.read("default", "c1", 10, block_ms=100)
+    assert await queue.sending("default", "c1", mid, retried.id)
+    assert (await queue.reschedule("default", mid, retried, 0.0, {"at": 0}, sent=True)).acked
+    assert await queue.sending("default", "c1", mid2, doomed.id)  # c1 sends it, then dies
+    ((mid2, _),) = await queue.claim("default", "c2", 0.0, 10)
+    assert await queue.sending("default", "c2", mid2, doomed.id)
+    assert (await queue.dead("default", mid2, doomed, "HTTP 400", {"at": 0})).acked
+    await queue.move_due("default")
+    ((mid, _),) = await queue.read("default", "c2", 10, block_ms=100)
+    assert await queue.sending("default", "c2", mid, retried.id)
+    assert (await queue.delivered("default", mid, retried)).duplicates == 0
+    assert (await store.figures.stats("test/a")).get("duplicates") is None
+    assert await store.redis.hlen(store.keys.sending("default")) == 0  # type: ignore[misc]
 
 
 async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
@@ -57,7 +119,7 @@ async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
     sent = [replace(webhook(), body=bytes([i, 0xFF]), attempt=i) for i in range(3)]
     await asyncio.gather(*(store.queue.enqueue("default", wh) for wh in sent))
     read = await store.queue.read("default", "c1", 10, block_ms=100)
-    assert await store.queue.delivered("default", read[0][0], read[0][1].endpoint)
+    assert (await store.queue.delivered("default", *read[0])).acked
     # The first was settled meanwhile (say by a dispatcher that reclaimed it): not moved.
     assert await store.queue.defer("default", [(mid, 0.2) for mid, _ in read]) == 2
     assert await store.figures.backlog("default") == {
@@ -79,7 +141,7 @@ async def test_settling_works_after_redis_lost_its_script_cache(store: Store) ->
     await store.queue.enqueue("default", webhook(), idempotency_key="k1")
     (mid, _), (mid2, second) = await store.queue.read("default", "c1", 10, block_ms=100)
     await store.redis.script_flush()
-    assert await store.queue.delivered("default", mid, wh.endpoint)
+    assert (await store.queue.delivered("default", mid, wh)).acked
     await store.redis.script_flush()
     assert await store.queue.reschedule("default", mid2, second, 0.0)
     await store.redis.script_flush()

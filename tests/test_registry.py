@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
 
 from hookline.config import Config
 from hookline.models import key_hash
 from hookline.store import RegistryCache
-from tests.peers import Endpoint, eventually
+from tests.peers import Endpoint, RedisServer, eventually
 from tests.stack import Stack
 
 
@@ -65,3 +72,99 @@ async def test_removing_an_endpoint_stops_ingest_and_a_missing_one_counts_as_rem
     await stack.propagated(lambda c: c.get(ep.id) is None, "the removal")
     assert (await stack.send(key))[0] == 401
     assert await stack.registry.remove(ep.id) is False
+
+
+# -- the cache survives its connections: killed, or Redis gone for a while
+
+FOLLOWS_WITHIN = 5.0  # seconds for a component to be ready and see a change again
+
+
+async def ready(stack: Stack) -> bool:
+    assert stack.client is not None
+    try:
+        async with stack.client.get(stack.url + "/readyz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def follows_the_registry(stack: Stack, endpoint: Endpoint, name: str) -> None:
+    """The receiver is ready, and a new endpoint is known to the receiver and dispatcher
+    within the bound: its webhook is taken and delivered."""
+    await eventually(lambda: ready(stack), FOLLOWS_WITHIN, f"/readyz 200 ({name})")
+    ep, key = await stack.add_endpoint(endpoint.url(f"/{name}"), name=name, within=FOLLOWS_WITHIN)
+    status, body = await stack.send(key)
+    assert status == 202, body
+    await endpoint.wait_for(lambda: body["id"] in endpoint.ids(), 5, f"delivery to {ep.id}")
+
+
+async def client_kill(admin: aioredis.Redis, kind: str) -> int:
+    """Close every connection of ``kind`` (pubsub, normal) but the admin's own."""
+    return int(await admin.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes"))
+
+
+@pytest.fixture
+async def admin(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(own_redis.url)
+    yield client
+    await client.aclose()
+
+
+async def test_the_cache_recovers_from_connections_killed_at_start_up_and_while_serving(
+    own_redis: RedisServer, admin: aioredis.Redis, config: Config, endpoint: Endpoint
+) -> None:
+    rng = random.Random(16)
+    killing = asyncio.Event()
+
+    async def kill_repeatedly() -> None:
+        while not killing.is_set():
+            await client_kill(admin, rng.choice(["pubsub", "normal"]))
+            await asyncio.sleep(rng.uniform(0.0, 0.1))
+
+    # Start-up: the receiver and the dispatcher load the registry while their
+    # connections are being killed.
+    killer = asyncio.create_task(kill_repeatedly())
+    stack = Stack(replace(config, redis_url=own_redis.url))
+    try:
+        await stack.start()
+        await asyncio.sleep(1.5)  # the killing goes on for a while after the start
+        killing.set()
+        await killer
+        await follows_the_registry(stack, endpoint, "after-start")
+        # Serving: the subscription, then the connections that read, then both at once.
+        assert await client_kill(admin, "pubsub") >= 2  # the receiver's and the dispatcher's
+        await follows_the_registry(stack, endpoint, "pubsub-killed")
+        assert await client_kill(admin, "normal") >= 1
+        await follows_the_registry(stack, endpoint, "normal-killed")
+        for _ in range(5):
+            await client_kill(admin, "pubsub")
+            await client_kill(admin, "normal")
+            await asyncio.sleep(0.2)
+        await follows_the_registry(stack, endpoint, "both-killed")
+    finally:
+        killing.set()
+        await killer
+        await stack.stop()
+
+
+async def test_the_cache_follows_again_after_redis_was_down_for_seconds(
+    own_redis: RedisServer, config: Config, endpoint: Endpoint
+) -> None:
+    stack = await Stack(replace(config, redis_url=own_redis.url)).start()
+    try:
+        await follows_the_registry(stack, endpoint, "before")
+        own_redis.stop(kill=True)
+        await asyncio.sleep(3.0)  # an outage of a few seconds: nothing to wait for
+        own_redis.start()
+        await follows_the_registry(stack, endpoint, "after")
+    finally:
+        await stack.stop()
+
+
+async def test_an_unreadable_record_announced_does_not_stop_the_cache_following(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    # A record no version of hookline can read (a bad write, a newer format) is announced.
+    await stack.redis.hset(stack.store.keys.endpoints, "test/broken", b"{not json")
+    await stack.redis.publish(stack.store.keys.channel, "test/broken")
+    await follows_the_registry(stack, endpoint, "after-broken")

@@ -22,7 +22,7 @@ async def test_queue_reports_lag_and_pending_of_the_consumer_group(config: Confi
         await queue.ensure_group("p")
         read = await queue.read("p", "c1", 2, block_ms=10)
         assert await figures.group("p") == {"lag": 3, "pending": 2, "consumers": 1}
-        await queue.delivered("p", read[0][0], "ns/ep")
+        await queue.delivered("p", *read[0])
         assert await figures.group("p") == {"lag": 3, "pending": 1, "consumers": 1}
         backlog = await figures.backlog("p")
         assert backlog["stream"] == 4  # lag + pending: settled entries leave the stream

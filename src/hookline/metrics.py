@@ -86,7 +86,8 @@ class Metrics:
         )
         self.duplicates = Counter(
             "hookline_duplicate_deliveries",
-            "Deliveries of an entry another consumer had already settled",
+            "Deliveries counted as duplicates: one per earlier attempt of the same webhook "
+            "that was started and never settled (its dispatcher died or was overtaken)",
             registry=r,
         )
         self.in_flight = Gauge("hookline_in_flight", "Deliveries in progress", registry=r)

@@ -3,7 +3,8 @@
 Dispatchers run as real ``hookline dispatcher`` processes; the receiver, Redis
 and the endpoint are real too. A sender keeps posting while dispatchers are
 started and killed; a history of accepted ids and deliveries is checked at
-the end (see tests/history.py).
+the end (see tests/history.py), and so are the duplicates Redis counted against
+those the endpoint saw.
 """
 
 from __future__ import annotations
@@ -13,47 +14,21 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
 
 from hookline.config import Config
 from tests.history import History
-from tests.peers import Endpoint, free_port, wait_ready
-from tests.stack import Stack
+from tests.peers import Endpoint, eventually, free_port, wait_ready
+from tests.stack import Stack, dispatcher_env, dispatcher_process
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 KILLS = int(os.environ.get("HOOKLINE_CHAOS_KILLS", "20"))
-
-
-def dispatcher_env(config: Config, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HOOKLINE_REDIS_URL=config.redis_url,
-        HOOKLINE_PREFIX=config.prefix,
-        HOOKLINE_DISPATCHER_PORT="0",
-        HOOKLINE_CLAIM_IDLE="1",
-        HOOKLINE_RETRY_BASE="0.05",
-        HOOKLINE_RETRY_MAX_BACKOFF="0.2",
-        HOOKLINE_ALLOW_CIDRS="127.0.0.0/8",
-        HOOKLINE_CONCURRENCY="32",
-        **extra,
-    )
-    return env
-
-
-def start_dispatcher(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hookline", "--log-level", "WARNING", "dispatcher"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def sender(stack: Stack, key: str, history: History, stop: asyncio.Event) -> None:
@@ -83,17 +58,29 @@ async def slowish_endpoint() -> AsyncIterator[Endpoint]:
     await server.stop()
 
 
+@dataclass
+class Campaign:
+    history: History
+    duplicates_counted: int  # the endpoint's `duplicates` in Redis
+    records_left: int  # attempt records still in Redis once everything was delivered
+
+    @property
+    def duplicates_seen(self) -> int:
+        """Deliveries the endpoint received of an id it already had."""
+        return sum(n - 1 for n in self.history.deliveries.values())
+
+
 async def run_kill_campaign(
     stack: Stack, endpoint: Endpoint, env: dict[str, str], kills: int
-) -> History:
-    _, key = await stack.add_endpoint(endpoint.url("/hook"))
+) -> Campaign:
+    ep, key = await stack.add_endpoint(endpoint.url("/hook"))
     history = History()
     stop_sending = asyncio.Event()
     sending = asyncio.create_task(sender(stack, key, history, stop_sending))
     rng = random.Random(int(os.environ.get("HOOKLINE_CHAOS_SEED", time.time())))
     for _ in range(kills):
         before = len(endpoint.received)
-        proc = start_dispatcher(env)
+        proc = dispatcher_process(env)
         # Kill at a random moment once it is delivering.
         await endpoint.wait_for(
             lambda b=before: len(endpoint.received) > b, 30, "a new dispatcher to deliver"
@@ -105,7 +92,7 @@ async def run_kill_campaign(
     await sending
     # A fresh dispatcher finishes the job, then stops cleanly on SIGTERM.
     probe_port = free_port()
-    final = start_dispatcher({**env, "HOOKLINE_DISPATCHER_PORT": str(probe_port)})
+    final = dispatcher_process({**env, "HOOKLINE_DISPATCHER_PORT": str(probe_port)})
     try:
         await wait_ready(probe_port, "dispatcher")
         # Bounded; if anything is missing, the history check below names it.
@@ -113,13 +100,32 @@ async def run_kill_campaign(
             await asyncio.wait_for(
                 endpoint.until(lambda: history.accepted <= set(endpoint.ids())), 60
             )
+        # Also what the killed ones had already sent: reclaimed and delivered again.
+        await eventually(lambda: drained(stack), 60, "the stream to be drained")
         final.send_signal(signal.SIGTERM)
         assert final.wait(30) == 0, "the dispatcher did not exit cleanly on SIGTERM"
     finally:
         if final.poll() is None:
             final.kill()
     history.deliveries = endpoint.ids()
-    return history
+    stats = await stack.store.figures.stats(ep.id)
+    records = await stack.redis.hlen(stack.store.keys.sending("default"))  # type: ignore[misc]
+    return Campaign(history, int(stats.get("duplicates", 0)), records)
+
+
+async def drained(stack: Stack) -> bool:
+    backlog = await stack.store.figures.backlog("default")
+    return backlog["stream"] == backlog["retry_scheduled"] == 0
+
+
+def check_duplicates(campaign: Campaign) -> None:
+    """Every repeat the endpoint saw was counted; a count above what it saw comes only from
+    a dispatcher killed between recording an attempt and sending it (docs/delivery.md)."""
+    assert campaign.duplicates_counted >= campaign.duplicates_seen, (
+        f"Redis counted {campaign.duplicates_counted} duplicates, "
+        f"the endpoint saw {campaign.duplicates_seen}"
+    )
+    assert campaign.records_left == 0, "attempt records outlived their webhooks"
 
 
 async def test_accepted_webhooks_survive_repeated_dispatcher_kill_9(
@@ -127,13 +133,17 @@ async def test_accepted_webhooks_survive_repeated_dispatcher_kill_9(
 ) -> None:
     stack = await Stack(config).start(dispatchers=0)
     try:
-        history = await run_kill_campaign(stack, slowish_endpoint, dispatcher_env(config), KILLS)
+        campaign = await run_kill_campaign(stack, slowish_endpoint, dispatcher_env(config), KILLS)
     finally:
         await stack.stop()
-    report = history.check()
-    print(f"\nkill -9 x{KILLS}: {report}")
+    report = campaign.history.check()
+    print(
+        f"\nkill -9 x{KILLS}: {report} duplicates counted={campaign.duplicates_counted} "
+        f"seen={campaign.duplicates_seen}"
+    )
     assert report.accepted > 100
     assert report.valid, str(report)
+    check_duplicates(campaign)
 
 
 async def test_fault_window_between_post_and_ack_yields_duplicates_with_the_same_id(
@@ -144,13 +154,17 @@ async def test_fault_window_between_post_and_ack_yields_duplicates_with_the_same
     env = dispatcher_env(config, HOOKLINE_FAULT_ACK_DELAY="0.3")
     stack = await Stack(config).start(dispatchers=0)
     try:
-        history = await run_kill_campaign(stack, slowish_endpoint, env, 5)
+        campaign = await run_kill_campaign(stack, slowish_endpoint, env, 5)
     finally:
         await stack.stop()
-    report = history.check()
-    print(f"\nkill -9 x5 with a 0.3 s ack window: {report}")
+    report = campaign.history.check()
+    print(
+        f"\nkill -9 x5 with a 0.3 s ack window: {report} "
+        f"duplicates counted={campaign.duplicates_counted} seen={campaign.duplicates_seen}"
+    )
     assert report.valid, str(report)
     assert report.duplicated, "no duplicates: the fault window did not widen anything"
+    check_duplicates(campaign)
     for wid in report.duplicated:
         copies = [r for r in slowish_endpoint.received if r.headers["webhook-id"] == wid]
         assert len({r.body for r in copies}) == 1, "a duplicate carried a different body"

@@ -104,7 +104,7 @@ async def drain(queue: Queue, pool: str) -> None:
     await queue.ensure_group(pool)
     while entries := await queue.read(pool, "test-consumer", 100, block_ms=10):
         for msg_id, webhook in entries:
-            await queue.delivered(pool, msg_id, webhook.endpoint)
+            await queue.delivered(pool, msg_id, webhook)
     assert (await Figures(queue.conn).backlog(pool))["stream"] == 0
 
 
@@ -296,7 +296,7 @@ async def test_idle_pool_goes_to_zero_after_the_window_and_wakes_on_work(
     entries = await queue.read("nightly", "test-consumer", 10, block_ms=10)
     assert len(entries) == 3
     for msg_id, webhook in entries[:2]:
-        await queue.delivered("nightly", msg_id, webhook.endpoint)
+        await queue.delivered("nightly", msg_id, webhook)
     msg_id, webhook = entries[2]
     await queue.reschedule("nightly", msg_id, webhook, delay=8.0)
     await until_replicas(cluster, "nightly", namespace, 0, scaler, seconds=7)

@@ -57,6 +57,7 @@ def test_figures_count_deliveries_and_show_the_last_success_and_failure() -> Non
         "delivered": "12",
         "failed": "3",
         "dead": "1",
+        "duplicates": "2",
         "last_success": str(int(T0 * 1000)),
         "last_failure": json.dumps({"at": T0 + 60, "reason": "HTTP 503", "status": 503}),
     }
@@ -64,6 +65,7 @@ def test_figures_count_deliveries_and_show_the_last_success_and_failure() -> Non
         "delivered": 12,
         "failed": 3,
         "deadLettered": 1,
+        "duplicates": 2,
         "pending": 7,
         "lastSuccess": "2023-11-14T22:13:20Z",
         "lastFailure": {"time": "2023-11-14T22:14:20Z", "reason": "HTTP 503", "status": 503},
@@ -75,6 +77,7 @@ def test_an_endpoint_never_delivered_to_shows_zeros() -> None:
         "delivered": 0,
         "failed": 0,
         "deadLettered": 0,
+        "duplicates": 0,
         "pending": 0,
     }
 

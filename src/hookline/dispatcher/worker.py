@@ -5,11 +5,13 @@ Called by ``hookline dispatcher`` (and the local stack) with its dependencies:
 with tracing on, each attempt is a CONSUMER span holding the request's CLIENT span.
 
 Per entry: look up the endpoint, pass its gates (paused, disabled), load and
-sign the body, POST it with the endpoint's deadline without following
-redirects, and settle the entry with the outcome — acknowledged, rescheduled
-or dead-lettered in one atomic step (see :mod:`hookline.store.queue`). An entry is
-acknowledged only after its outcome is recorded, so a crash at any moment
-leaves it pending, and another dispatcher reclaims it after ``claim_idle``.
+sign the body, record in Redis that the attempt is about to be sent, POST it
+with the endpoint's deadline without following redirects, and settle the entry
+with the outcome — acknowledged, rescheduled or dead-lettered in one atomic
+step (see :mod:`hookline.store.queue`). An entry is acknowledged only after its
+outcome is recorded, so a crash at any moment leaves it pending, and another
+dispatcher reclaims it after ``claim_idle``; the record of the attempt the dead
+one had started makes that delivery count as a duplicate.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,6 +49,14 @@ USER_AGENT = "hookline/0.1 (+https://hookline.dev)"
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@dataclass(slots=True)
+class Request:
+    """A webhook signed for one attempt, ready to be POSTed."""
+
+    body: bytes | AsyncIterator[bytes]
+    headers: dict[str, str]
 
 
 class Dispatcher:
@@ -282,6 +293,7 @@ class Dispatcher:
             await self._dead(msg_id, webhook, f"endpoint disabled: {disabled}")
             return
         outcome: Outcome
+        sent = False  # whether an attempt was recorded as sent (see _may_send)
         if endpoint.paused:
             outcome = Deferred("endpoint paused", self.config.defer_delay)
         else:
@@ -294,13 +306,33 @@ class Dispatcher:
                 outcome = admitted
             else:
                 try:
-                    outcome = await self.attempt(endpoint, webhook)
+                    request = await self.prepare(endpoint, webhook)
+                    if isinstance(request, Request):
+                        if not await self._may_send(msg_id, webhook):
+                            return
+                        sent = True
+                        outcome = await self.post(endpoint, request)
+                    else:
+                        outcome = request
                 finally:
                     await self.gates.release(admitted)
-        await self._settle(msg_id, webhook, endpoint, outcome)
+        await self._settle(msg_id, webhook, endpoint, outcome, sent)
 
-    async def attempt(self, endpoint: Endpoint, webhook: Webhook) -> Outcome:
-        """POST the webhook once; never raises for anything the endpoint or network does."""
+    async def _may_send(self, msg_id: bytes, webhook: Webhook) -> bool:
+        """Record in Redis that this attempt is about to be sent, before any byte of it is
+        (:meth:`hookline.store.queue.Queue.sending`); False when it must not be sent: the
+        entry is no longer ours, or Redis did not take the record (then it stays pending)."""
+        try:
+            if await self.queue.sending(self.pool, self.consumer, msg_id, webhook.id):
+                return True
+            log.info("%s was settled or reclaimed by another dispatcher: not sent", webhook.id)
+        except StoreUnavailable as exc:
+            log.warning("could not record the attempt of %s: %s", webhook.id, exc)
+        return False
+
+    async def prepare(self, endpoint: Endpoint, webhook: Webhook) -> Request | Outcome:
+        """The signed request for one attempt, or the outcome when it cannot be made (the
+        body is missing, or the body store does not answer)."""
         now = time.time()
         timestamp = int(now)
         signer = Signer(endpoint.signing_secrets, webhook.id, timestamp, now)
@@ -324,6 +356,10 @@ class Dispatcher:
         headers["user-agent"] = USER_AGENT
         if webhook.body_ref is not None:
             headers["content-length"] = str(webhook.size)
+        return Request(body, headers)
+
+    async def post(self, endpoint: Endpoint, request: Request) -> Outcome:
+        """POST the request once; never raises for anything the endpoint or network does."""
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
         start = time.monotonic()
         try:
@@ -331,8 +367,8 @@ class Dispatcher:
                 self.tracing,
                 self.session,
                 endpoint.url,
-                data=body,
-                headers=headers,
+                data=request.body,
+                headers=request.headers,
                 allow_redirects=False,
                 timeout=timeout,
             ) as resp:
@@ -356,17 +392,17 @@ class Dispatcher:
             return Deferred(f"body store unavailable: {exc}", 5.0)
 
     async def _settle(
-        self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome
+        self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome, sent: bool
     ) -> None:
         spans.outcome(self.tracing, outcome)
         try:
-            await self._settle_outcome(msg_id, webhook, endpoint, outcome)
+            await self._settle_outcome(msg_id, webhook, endpoint, outcome, sent)
         except StoreUnavailable as exc:
             # Left pending: another dispatcher (or this one) takes it again later.
             log.warning("could not record the outcome of %s: %s", webhook.id, exc)
 
     async def _settle_outcome(
-        self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome
+        self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome, sent: bool
     ) -> None:
         now = time.time()
         kind = type(outcome).__name__.lower()
@@ -375,8 +411,10 @@ class Dispatcher:
             if self.config.fault_ack_delay:
                 await asyncio.sleep(self.config.fault_ack_delay)
             attempt = {"at": now, "status": outcome.status, "latency": round(outcome.latency, 4)}
-            if not await self.queue.delivered(self.pool, msg_id, endpoint.id, attempt):
-                self.metrics.duplicates.inc()
+            settled = await self.queue.delivered(self.pool, msg_id, webhook, attempt)
+            if settled.duplicates:
+                self.metrics.duplicates.inc(settled.duplicates)
+                log.info("%s delivered again: counted as a duplicate", webhook.id)
             self.gates.observe(endpoint.id, None)
             self.metrics.end_to_end.observe(max(0.0, now - webhook.created_ms / 1000))
             if webhook.body_ref is not None:
@@ -392,7 +430,7 @@ class Dispatcher:
             if age > endpoint.retry.max_age_seconds:
                 await self._dead(msg_id, webhook, f"gave up at age {age:.0f} s: {outcome.reason}")
             else:
-                await self.queue.reschedule(self.pool, msg_id, webhook, outcome.delay)
+                await self.queue.reschedule(self.pool, msg_id, webhook, outcome.delay, sent=sent)
             return
         failure = {
             "at": now,
@@ -411,7 +449,9 @@ class Dispatcher:
         if isinstance(decision, GiveUp):
             await self._dead(msg_id, webhook, decision.reason, failure, endpoint)
             return
-        settled = await self.queue.reschedule(self.pool, msg_id, webhook, decision.delay, failure)
+        settled = await self.queue.reschedule(
+            self.pool, msg_id, webhook, decision.delay, failure, sent=sent
+        )
         if settled.acked:
             self.metrics.retries.inc()
         await self._observe_failure(endpoint, settled)

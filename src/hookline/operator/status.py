@@ -72,6 +72,7 @@ def figures(stats: dict[str, str], pending: int) -> dict[str, Any]:
         "delivered": int(stats.get("delivered", 0)),
         "failed": int(stats.get("failed", 0)),
         "deadLettered": int(stats.get("dead", 0)),
+        "duplicates": int(stats.get("duplicates", 0)),
         "pending": pending,
     }
     if stats.get("last_success"):

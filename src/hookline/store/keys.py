@@ -9,6 +9,9 @@ Queue (:mod:`hookline.store.queue`):
   ``d``), read by the consumer group :data:`GROUP` [receiver; dispatchers settle]
 * ``P:retry:pool``      sorted set: retry uid → due time (ms) [dispatchers]
 * ``P:retrydata:pool``  hash: retry uid → packed webhook [dispatchers]
+* ``P:sending:pool``    hash: webhook id → its attempts started whose outcome no settle
+  recorded — one each while in flight, and those of dispatchers that died — written
+  before each POST, cleared by the settle scripts; what counts duplicates [dispatchers]
 * ``P:idem:HASH``       an Idempotency-Key's first webhook id, expiring [receiver]
 
 Dead letters (:mod:`hookline.store.deadletters`):
@@ -73,6 +76,9 @@ class Keys:
 
     def retry_data(self, pool: str) -> str:
         return self._of("retrydata", pool)
+
+    def sending(self, pool: str) -> str:
+        return self._of("sending", pool)
 
     def idempotency(self, hashed: str) -> str:
         return self._of("idem", hashed)

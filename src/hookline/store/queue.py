@@ -10,8 +10,15 @@ outcome (delivered, scheduled for retry, dead-lettered). The stream therefore
 holds only entries not yet finished, nothing is ever trimmed blindly, and its
 length is the pool's backlog. A script first checks that ``XACK`` really
 acknowledged the entry: when a slow consumer and the one that reclaimed its
-entry both finish, only the first outcome is recorded (the second delivery is
-counted as a duplicate).
+entry both finish, only the first outcome is recorded.
+
+Duplicates are counted from what Redis knows before each POST: a dispatcher
+records that an attempt is about to be sent (:meth:`Queue.sending`, in the
+``sending`` hash, only while the entry is still pending to it) and the settle
+script of its outcome takes the record back. Records left behind are attempts
+whose outcome was never recorded — their dispatcher died, or was overtaken by
+one that reclaimed the entry — and each may have reached the endpoint, so the
+webhook's next delivery counts each as a duplicate (a retry carries them).
 
 Every write goes through one pipelined connection (:class:`~hookline.store.wire.Wire`):
 the writes of concurrent requests leave together ("group commit"), so a burst
@@ -26,6 +33,7 @@ import asyncio
 import functools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,18 +50,26 @@ from hookline.store.wire import WireError, pack
 @dataclass(frozen=True, slots=True)
 class Settled:
     """What recording an outcome found: whether this consumer settled the entry (False:
-    another had, this was a duplicate) and, after a failed attempt, the endpoint's health."""
+    another had, and took this attempt into account), after a failed attempt the
+    endpoint's health, and after a delivery how many duplicates it was counted as."""
 
     acked: bool
     streak: int = 0  # consecutive failed attempts of the endpoint, across all dispatchers
     open_until: float = 0.0  # Unix seconds; the circuit is open before then
     failing_since: float = 0.0  # Unix seconds; when the streak began
+    # The webhook's other attempts that were started and never settled (their dispatcher
+    # died, or the entry was reclaimed from it): each may have reached the endpoint.
+    duplicates: int = 0
 
     @classmethod
     def from_script(cls, raw: list[Any]) -> Settled:
         if len(raw) < 4:
             return cls(bool(raw[0]))
         return cls(True, int(raw[1]), int(raw[2]) / 1000, int(raw[3]) / 1000)
+
+
+_SETTLED = Settled(True)
+_ALREADY_SETTLED = Settled(False)
 
 
 class Queue:
@@ -73,8 +89,9 @@ class Queue:
         self._health_args = [circuit_threshold, int(circuit_cooldown * 1000), attempt_log]
         self.attempt_log = attempt_log
         self._xadd_heads: dict[str, bytes] = {}
-        # Deliveries to record at the end of this turn of the loop: stream → entries.
-        self._delivered: dict[str, list[tuple[bytes, str, str, asyncio.Future[Any]]]] = {}
+        # Attempts and deliveries to record at the end of this turn of the loop.
+        self._sending: dict[tuple[str, str], list[tuple[bytes, str, asyncio.Future[Any]]]] = {}
+        self._delivered: dict[str, list[tuple[bytes, str, str, str, asyncio.Future[Any]]]] = {}
         self._claim_cursor: dict[str, str] = {}
 
     def stream(self, pool: str) -> str:
@@ -154,31 +171,58 @@ class Queue:
 
     # -- settling
 
-    async def delivered(
-        self, pool: str, msg_id: bytes, endpoint_id: str, attempt: dict[str, Any] | None = None
-    ) -> bool:
-        """Record a delivery; False when the entry had already been settled (a duplicate).
-        Deliveries recorded in the same turn of the event loop share one script call."""
+    async def sending(self, pool: str, consumer: str, msg_id: bytes, webhook_id: str) -> bool:
+        """Record that an attempt of the entry is about to be sent, before it is; False when
+        the entry is no longer this consumer's (settled or reclaimed meanwhile): then nothing
+        is sent. The settle of the attempt's outcome takes the record back; a record left by
+        a dispatcher that died makes the webhook's next delivery count as a duplicate.
+        Attempts started in the same turn of the event loop share one script call."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        stream = self.keys.stream(pool)
+        if not self._sending:
+            asyncio.get_running_loop().call_soon(self._send_sending)
+        self._sending.setdefault((pool, consumer), []).append((msg_id, webhook_id, fut))
+        return bool(await fut)
+
+    def _send_sending(self) -> None:
+        batches, self._sending = self._sending, {}
+        for (pool, consumer), entries in batches.items():
+            keys = [self.keys.stream(pool), self.keys.sending(pool)]
+            args: list[Any] = [GROUP, consumer]
+            for msg_id, webhook_id, _ in entries:
+                args += (msg_id, webhook_id)
+            call = asyncio.ensure_future(self.conn.run("queue", scripts.SENDING, keys, args))
+            call.add_done_callback(functools.partial(_resolve, entries=entries))
+
+    async def delivered(
+        self, pool: str, msg_id: bytes, webhook: Webhook, attempt: dict[str, Any] | None = None
+    ) -> Settled:
+        """Record a delivery (its attempt recorded by :meth:`sending`). ``acked`` is False
+        when another consumer had settled the entry already; ``duplicates`` says how many
+        duplicates this delivery was counted as. Deliveries recorded in the same turn of
+        the event loop share one script call."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._delivered:
             asyncio.get_running_loop().call_soon(self._send_delivered)
         log_entry = json.dumps(attempt or {"at": time.time()})
-        self._delivered.setdefault(stream, []).append((msg_id, endpoint_id, log_entry, fut))
-        return bool(await fut)
+        entry = (msg_id, webhook.endpoint, log_entry, webhook.id, fut)
+        self._delivered.setdefault(pool, []).append(entry)
+        duplicates = await fut
+        if duplicates < 0:
+            return _ALREADY_SETTLED
+        return Settled(True, duplicates=duplicates) if duplicates else _SETTLED
 
     def _send_delivered(self) -> None:
         batches, self._delivered = self._delivered, {}
         now = now_ms()
-        for stream, entries in batches.items():
+        for pool, entries in batches.items():
             index: dict[str, int] = {}
-            keys = [stream]
+            keys = [self.keys.stream(pool), self.keys.sending(pool)]
             args: list[Any] = [GROUP, now, self.attempt_log]
-            for msg_id, endpoint_id, log_entry, _ in entries:
+            for msg_id, endpoint_id, log_entry, webhook_id, _ in entries:
                 if endpoint_id not in index:
                     index[endpoint_id] = len(keys) + 1
                     keys += (self.keys.stats(endpoint_id), self.keys.attempts(endpoint_id))
-                args += (msg_id, index[endpoint_id], log_entry)
+                args += (msg_id, index[endpoint_id], log_entry, webhook_id)
             call = asyncio.ensure_future(self.conn.run("queue", scripts.DELIVERED, keys, args))
             call.add_done_callback(functools.partial(_resolve, entries=entries))
 
@@ -189,9 +233,11 @@ class Queue:
         webhook: Webhook,
         delay: float,
         failure: dict[str, Any] | None = None,
+        sent: bool = False,
     ) -> Settled:
         """Settle the entry and put the (updated) webhook on the retry schedule; ``failure``
-        is the failed attempt that led here (None for a deferral, which is no attempt)."""
+        is the failed attempt that led here (None for a deferral, which is no attempt);
+        ``sent`` says whether :meth:`sending` recorded the attempt being settled."""
         uid = f"{webhook.id}:{webhook.attempt}:{time.time_ns()}"
         now = now_ms()
         keys = [
@@ -200,10 +246,12 @@ class Queue:
             self.keys.retry_data(pool),
             self.keys.stats(webhook.endpoint),
             self.keys.attempts(webhook.endpoint),
+            self.keys.sending(pool),
         ]
         fail = json.dumps(failure) if failure else ""
         args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
-        raw = await self.conn.run("queue", scripts.RESCHEDULE, keys, [*args, *self._health_args])
+        args += [*self._health_args, webhook.id, int(sent)]
+        raw = await self.conn.run("queue", scripts.RESCHEDULE, keys, args)
         return Settled.from_script(raw)
 
     async def defer(self, pool: str, entries: list[tuple[bytes, float]]) -> int:
@@ -230,10 +278,11 @@ class Queue:
             self.keys.dead,
             self.keys.stats(webhook.endpoint),
             self.keys.attempts(webhook.endpoint),
+            self.keys.sending(pool),
         ]
         fail = json.dumps(failure) if failure else ""
         args: list[Any] = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint]
-        args += [fail, now_ms(), *self._health_args]
+        args += [fail, now_ms(), *self._health_args, webhook.id]
         raw = await self.conn.run("queue", scripts.DEAD, keys, args)
         return Settled.from_script(raw)
 
@@ -253,9 +302,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _resolve(
-    call: asyncio.Future[Any], entries: list[tuple[bytes, str, str, asyncio.Future[Any]]]
-) -> None:
+def _resolve(call: asyncio.Future[Any], entries: Sequence[tuple[Any, ...]]) -> None:
     """Hand each delivery its own answer from a batch's script call."""
     error = call.exception() if not call.cancelled() else StoreUnavailable("queue: cancelled")
     results = call.result() if error is None else [error] * len(entries)

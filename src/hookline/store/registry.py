@@ -8,7 +8,9 @@ clears it by accident — and the channel announcing every change.
 Writers (the operator, the local stack) use :class:`Registry`. Readers hold a
 :class:`RegistryCache`: a full load at start, a reload of one endpoint on each
 notification (well under a second), and a periodic full reload as a backstop
-for notifications missed while disconnected.
+for notifications missed while disconnected. Whatever interrupts it (a killed
+connection, Redis down, a record it cannot read), the cache starts over a
+second later with a new subscription and a full load; only ``stop()`` ends it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from hookline.errors import StoreUnavailable
 from hookline.models import Endpoint, key_hash
 from hookline.store import scripts
 from hookline.store.connection import Connection, text
@@ -99,6 +98,10 @@ class RegistryCache:
     """
 
     MEMO_SIZE = 4096  # distinct keys remembered before the memo starts afresh
+    # The longest a step of the follower (subscribing and loading, or one message and
+    # what it reloads) may take before its connection is given up for a fresh one;
+    # above redis-py's own retries of a command on a dropped connection.
+    STEP_TIMEOUT = 15.0
 
     def __init__(
         self,
@@ -192,26 +195,45 @@ class RegistryCache:
             await asyncio.wait([self._task], timeout=1.0)
 
     async def _follow(self) -> None:
+        """Rounds of :meth:`_follow_round` until stopped. Whatever ends a round — a dropped
+        connection, Redis gone, a step that does not finish within ``STEP_TIMEOUT``, a
+        record that cannot be read, a cancellation nobody asked for — is logged, and the
+        next round starts a second later on a fresh connection with a full load, which
+        also picks up what changed meanwhile. Only :meth:`stop` (or cancelling the task)
+        ends the follower: a cache that stops following silently serves a stale registry
+        forever, or never becomes ready."""
+        pause = 0.0
         while not self._stopping:
             try:
-                async with self.registry.conn.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.registry.channel)
-                    # Anything that changed while we were not subscribed.
-                    await self.reload()
-                    next_full = time.monotonic() + self.refresh_interval
-                    while not self._stopping:
-                        timeout = max(0.0, next_full - time.monotonic())
-                        msg = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=min(timeout, 1.0)
-                        )
-                        if msg is not None and msg["type"] == "message":
-                            await self._reload_one(text(msg["data"]))
-                        if time.monotonic() >= next_full:
-                            await self.reload()
-                            next_full = time.monotonic() + self.refresh_interval
+                if pause:
+                    await asyncio.sleep(pause)
+                pause = 1.0
+                await self._follow_round()
             except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, StoreUnavailable) as exc:
-                if not self._stopping:
-                    log.warning("registry cache: %s; retrying in 1 s", exc)
-                    await asyncio.sleep(1.0)
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    raise
+                # Nobody is cancelling this task (not stop(), not the loop's shutdown):
+                # a stray CancelledError from inside the round, which used to end the
+                # follower without a word.
+                log.warning("registry cache: interrupted; retrying in 1 s")
+            except Exception as exc:  # whatever it is, the next round starts afresh
+                log.warning("registry cache: %s; retrying in 1 s", exc or type(exc).__name__)
+
+    async def _follow_round(self) -> None:
+        """Subscribe, load everything, then apply each change announced and reload all of
+        it every ``refresh_interval``; every step bounded in time."""
+        async with self.registry.conn.redis.pubsub() as pubsub:
+            async with asyncio.timeout(self.STEP_TIMEOUT):
+                await pubsub.subscribe(self.registry.channel)
+                await self.reload()  # anything that changed while we were not subscribed
+            next_full = time.monotonic() + self.refresh_interval
+            while not self._stopping:
+                wait = min(max(0.0, next_full - time.monotonic()), 1.0)
+                async with asyncio.timeout(wait + self.STEP_TIMEOUT):
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    if msg is not None and msg["type"] == "message":
+                        await self._reload_one(text(msg["data"]))
+                    if time.monotonic() >= next_full:
+                        await self.reload()
+                        next_full = time.monotonic() + self.refresh_interval

@@ -54,23 +54,57 @@ local function failed(stats, attempts, failure, now, threshold, cooldown, logsiz
 end
 """
 
-# KEYS: stream, then per endpoint its stats and attempts keys
-# ARGV: group, now, log size, then per entry: msgid, index of its stats key, attempt json
-# Returns 1 per entry it acknowledged, 0 per entry already settled (counted as a duplicate).
+# KEYS: stream, sending hash
+# ARGV: group, consumer, then per attempt: msgid, webhook id
+# Records that an attempt of each entry is about to be sent, before any byte of it is —
+# only while the entry is still pending to this consumer: one that another consumer
+# settled or reclaimed meanwhile is not sent again. Returns 1 per attempt recorded (send
+# it), 0 per entry no longer this consumer's. The settle scripts below take the record
+# back as they record the attempt's outcome, so what stays in the hash are the attempts
+# of dispatchers that died (or were reclaimed while slow): each may have reached the
+# endpoint, and the webhook's next delivery counts each as a duplicate.
+SENDING = _script(
+    """
+local out = {}
+for i = 3, #ARGV, 2 do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+)
+
+# KEYS: stream, sending hash, then per endpoint its stats and attempts keys
+# ARGV: group, now, log size, then per entry: msgid, index of its stats key, attempt json,
+#       webhook id
+# Returns per entry -1 when another consumer had settled it already (nothing recorded:
+# that settle took this attempt into account), else the duplicates this delivery makes:
+# the webhook's other attempts started and never settled (SENDING counted this one too).
 # A delivery ends the endpoint's failure streak and closes its circuit.
 DELIVERED = _script(
     """
 local acked_by, dups_by, out = {}, {}, {}
 local logsize = tonumber(ARGV[3])
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   local k = tonumber(ARGV[i + 1])
   local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
   redis.call('XDEL', KEYS[1], ARGV[i])
-  out[#out + 1] = acked
   if acked == 0 then
-    dups_by[k] = (dups_by[k] or 0) + 1
+    out[#out + 1] = -1
   else
+    local dups = 0
+    local started = redis.call('HGET', KEYS[2], ARGV[i + 3])
+    if started then
+      dups = math.max(0, tonumber(started) - 1)
+      redis.call('HDEL', KEYS[2], ARGV[i + 3])
+    end
+    out[#out + 1] = dups
     acked_by[k] = (acked_by[k] or 0) + 1
+    if dups > 0 then dups_by[k] = (dups_by[k] or 0) + dups end
     redis.call('LPUSH', KEYS[k + 1], ARGV[i + 2])
   end
 end
@@ -85,15 +119,21 @@ return out
 """
 )
 
-# KEYS: stream, retry zset, retry hash, stats, attempts
+# KEYS: stream, retry zset, retry hash, stats, attempts, sending hash
 # ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not an attempt),
-#       now, threshold, cooldown, log size
+#       now, threshold, cooldown, log size, webhook id, '1' when SENDING recorded this
+#       attempt ('0' for a deferral decided before it)
+# The webhook's other attempts started and never settled stay recorded: its next
+# delivery counts them.
 RESCHEDULE = _script(
     _FAILED
     + """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if acked == 0 then return {0} end
+if ARGV[12] == '1' and redis.call('HINCRBY', KEYS[6], ARGV[11], -1) <= 0 then
+  redis.call('HDEL', KEYS[6], ARGV[11])
+end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 if ARGV[6] == '' then return {1} end
@@ -129,9 +169,11 @@ return n
 """
 )
 
-# KEYS: stream, dead stream, stats, attempts
+# KEYS: stream, dead stream, stats, attempts, sending hash
 # ARGV: group, msgid, packed, reason, pool, endpoint, failure json ('' when no attempt),
-#       now, threshold, cooldown, log size
+#       now, threshold, cooldown, log size, webhook id
+# The webhook is finished: its record of started attempts goes (a replay from the dead
+# letter is the operator's choice, not counted as a duplicate).
 DEAD = _script(
     _FAILED
     + """
@@ -140,6 +182,7 @@ if ARGV[2] ~= '' then
   redis.call('XDEL', KEYS[1], ARGV[2])
   if acked == 0 then return {0} end
 end
+redis.call('HDEL', KEYS[5], ARGV[12])
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[3], 'reason', ARGV[4], 'pool', ARGV[5], 'ep', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
 if ARGV[7] == '' then return {1} end
