@@ -31,11 +31,19 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 KILLS = int(os.environ.get("HOOKLINE_CHAOS_KILLS", "20"))
 
 
+# Every fifth webhook has a body over the inline limit: it lives in the body store.
+LARGE = 5
+GRACE = 2.0  # the dispatchers' HOOKLINE_BODY_GRACE
+REAP_EVERY = 1.0  # their HOOKLINE_BODY_REAP_INTERVAL
+
+
 async def sender(stack: Stack, key: str, history: History, stop: asyncio.Event) -> None:
     n = 0
+    pad = "x" * (stack.config.inline_limit + 1)
     while not stop.is_set():
         n += 1
-        status, body = await stack.send(key, f'{{"n":{n}}}'.encode())
+        data = f'{{"n":{n},"pad":"{pad}"}}' if n % LARGE == 0 else f'{{"n":{n}}}'
+        status, body = await stack.send(key, data.encode())
         if status == 202:
             history.accepted.add(body["id"])
         else:
@@ -63,6 +71,7 @@ class Campaign:
     history: History
     duplicates_counted: int  # the endpoint's `duplicates` in Redis
     records_left: int  # attempt records still in Redis once everything was delivered
+    bodies_gone_after: float  # seconds from the drained stream to the last stored body gone
 
     @property
     def duplicates_seen(self) -> int:
@@ -74,6 +83,13 @@ async def run_kill_campaign(
     stack: Stack, endpoint: Endpoint, env: dict[str, str], kills: int
 ) -> Campaign:
     ep, key = await stack.add_endpoint(endpoint.url("/hook"))
+    env = {
+        **env,
+        "HOOKLINE_BODY_DIR": stack.config.body_dir,
+        "HOOKLINE_BODY_GRACE": str(GRACE),
+        "HOOKLINE_BODY_REAP_INTERVAL": str(REAP_EVERY),
+        "HOOKLINE_REQUEST_TIMEOUT": "1",  # the grace must outlast it; dispatchers read none
+    }
     history = History()
     stop_sending = asyncio.Event()
     sending = asyncio.create_task(sender(stack, key, history, stop_sending))
@@ -102,6 +118,13 @@ async def run_kill_campaign(
             )
         # Also what the killed ones had already sent: reclaimed and delivered again.
         await eventually(lambda: drained(stack), 60, "the stream to be drained")
+        drained_at = time.monotonic()
+        # Bodies whose delete a kill cut short are reaped: within the grace, an interval
+        # and the killed reaper's lease (three intervals), whatever the killing left.
+        await eventually(
+            lambda: no_bodies(stack), GRACE + 4 * REAP_EVERY + 5, "every stored body gone"
+        )
+        bodies_gone_after = time.monotonic() - drained_at
         final.send_signal(signal.SIGTERM)
         assert final.wait(30) == 0, "the dispatcher did not exit cleanly on SIGTERM"
     finally:
@@ -110,7 +133,11 @@ async def run_kill_campaign(
     history.deliveries = endpoint.ids()
     stats = await stack.store.figures.stats(ep.id)
     records = await stack.redis.hlen(stack.store.keys.sending("default"))  # type: ignore[misc]
-    return Campaign(history, int(stats.get("duplicates", 0)), records)
+    return Campaign(history, int(stats.get("duplicates", 0)), records, bodies_gone_after)
+
+
+async def no_bodies(stack: Stack) -> bool:
+    return not any(files for _, _, files in os.walk(stack.config.body_dir))
 
 
 async def drained(stack: Stack) -> bool:
@@ -139,7 +166,8 @@ async def test_accepted_webhooks_survive_repeated_dispatcher_kill_9(
     report = campaign.history.check()
     print(
         f"\nkill -9 x{KILLS}: {report} duplicates counted={campaign.duplicates_counted} "
-        f"seen={campaign.duplicates_seen}"
+        f"seen={campaign.duplicates_seen} stored bodies gone "
+        f"{campaign.bodies_gone_after:.1f} s after the stream drained"
     )
     assert report.accepted > 100
     assert report.valid, str(report)
