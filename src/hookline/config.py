@@ -239,6 +239,9 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
 
 
 def validate(config: Config) -> None:
+    if config.idle_timeout < config.request_timeout:
+        # aiohttp counts a connection whose request head is still arriving as idle
+        raise InvalidSpec("HOOKLINE_IDLE_TIMEOUT must not be below HOOKLINE_REQUEST_TIMEOUT")
     if config.inline_limit > config.max_body_bytes:
         raise InvalidSpec("HOOKLINE_INLINE_LIMIT must not exceed HOOKLINE_MAX_BODY_BYTES")
     for name in (

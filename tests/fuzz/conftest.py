@@ -53,6 +53,6 @@ async def front_door(
     config: Config, logged: Callable[[], list[logging.LogRecord]]
 ) -> AsyncIterator[FrontDoor]:
     """A receiver with a 2 s request deadline over the session's Redis, no dispatcher."""
-    door = await FrontDoor.open(config, logged, request_timeout=2.0, idle_timeout=1.5, **LIMITS)
+    door = await FrontDoor.open(config, logged, request_timeout=2.0, idle_timeout=2.5, **LIMITS)
     yield door
     await door.close()

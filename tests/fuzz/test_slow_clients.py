@@ -1,7 +1,7 @@
 """Slow clients against the request deadline: one deadline, from a request's first byte.
 
 The receiver here has ``HOOKLINE_REQUEST_TIMEOUT`` = 2 s and ``HOOKLINE_IDLE_TIMEOUT`` =
-1.5 s. A client that trickles its header or its body must be answered ``408`` (JSON) or
+2.5 s. A client that trickles its header or its body must be answered ``408`` (JSON) or
 disconnected within the deadline and a margin, counted from its first byte; one that
 sends nothing is idle and closed at the idle timeout. One that stays open past that
 holds a file descriptor for as long as it likes (finding 3). Idle connections must not

@@ -5,8 +5,10 @@ connection handler with four changes that a public ingest port needs:
 
 * **One deadline from the first byte.** ``HOOKLINE_REQUEST_TIMEOUT`` counts from the
   first byte of a request's head to the last byte of its body. A head still incomplete
-  then is answered ``408`` and the connection closed (the body's share of the deadline
-  is enforced by the ingest handler, which reads :data:`FIRST_BYTE`).
+  then is answered ``408`` and the connection closed — one sweep of the listener's
+  connections every :data:`SWEEP` seconds finds them, so no request pays for a timer of
+  its own; the body's share of the deadline is enforced by the ingest handler, which
+  reads :data:`FIRST_BYTE`.
 * **Idle connections close.** A connection with no request for ``HOOKLINE_IDLE_TIMEOUT``
   seconds — from its opening, or since its last answer — is closed.
 * **A cap on connections.** Past ``HOOKLINE_MAX_CONNECTIONS`` open connections, a new
@@ -26,6 +28,7 @@ connection handler with four changes that a public ingest port needs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -48,6 +51,7 @@ FIRST_BYTE: web.RequestKey[float] = web.RequestKey("first_byte", float)
 # each header line at most 8,190 bytes, at most 128 headers.
 MAX_LINE = 8190
 MAX_HEADERS = 128
+SWEEP = 0.5  # seconds between two looks for heads past their deadline
 
 # What the parser's refusals are called, by status (HttpProcessingError carries 400 mostly).
 _CODES = {
@@ -121,13 +125,13 @@ class _Chunks:
         return True
 
 
-def _chunked(head: bytes) -> bool:
-    """Whether a request head declares a chunked body (case as the sender wrote it)."""
-    if b"hunked" not in head and b"HUNKED" not in head:
+def _chunked(data: bytes, end: int) -> bool:
+    """Whether the request head ``data[:end]`` declares a chunked body."""
+    if data.find(b"hunked", 0, end) < 0 and data.find(b"HUNKED", 0, end) < 0:
         return False
     return any(
         line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
-        for line in head.split(b"\r\n")
+        for line in data[:end].split(b"\r\n")
     )
 
 
@@ -160,7 +164,7 @@ class FrontDoor(RequestHandler):
     """One ingest connection (see the module docstring)."""
 
     def __init__(
-        self, manager: web.Server, config: Config, open_count: list[int], refusals: Refusals
+        self, manager: web.Server, config: Config, doors: set[FrontDoor], refusals: Refusals
     ) -> None:
         super().__init__(
             manager,
@@ -173,20 +177,17 @@ class FrontDoor(RequestHandler):
             auto_decompress=False,  # a body is relayed byte for byte, as it was signed
         )
         self.config = config
-        self.open_count = open_count  # shared by the connections of one listener
+        self.doors = doors  # the open connections of this listener
         self.refusals = refusals
         self.first_byte: float | None = None  # loop time; None between requests
         self.in_request = False
-        self._head_timer: asyncio.TimerHandle | None = None
         self._head: bytes | None = None  # the head's last bytes, until its end is seen
         self._chunks: _Chunks | None = None
-        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.open_count[0] += 1
-        self._counted = True
-        if self.open_count[0] > self.config.max_connections:
+        self.doors.add(self)
+        if len(self.doors) > self.config.max_connections:
             self.refusals.note("too_many_connections")
             retry = str(max(1, round(self.config.retry_after)))
             reason = "the receiver has too many open connections"
@@ -195,34 +196,25 @@ class FrontDoor(RequestHandler):
             self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._counted:
-            self.open_count[0] -= 1
-            self._counted = False
-        self._cancel_head_timer()
+        self.doors.discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if data and self.first_byte is None and not self.in_request:
-            loop = asyncio.get_running_loop()
-            self.first_byte = loop.time()
-            self.keep_alive(True)  # no longer idle: the request deadline takes over
-            self._head_timer = loop.call_at(
-                self.first_byte + self.config.request_timeout, self._head_expired
-            )
+            self.first_byte = asyncio.get_running_loop().time()
             self._head = b""
             self._chunks = None
-        body = data
+        body = data  # what of it is body, for the chunk sizes
         if self._head is not None:  # still looking for the end of this request's head
             seen = self._head + data if self._head else data
             end = seen.find(b"\r\n\r\n")
             if end < 0:
                 self._head = seen[-(MAX_LINE * 2) :]  # a chunked header line is short
-                body = b""
             else:
                 self._head = None
-                body = seen[end + 4 :]
-                if _chunked(seen[:end]):
+                if _chunked(seen, end):
                     self._chunks = _Chunks(self.config.max_body_bytes)
+                    body = seen[end + 4 :]
         if self._chunks is not None and body and not self._chunks.feed(body):
             self._refuse_now(413, "body_too_large", "a chunk takes the body past its limit")
             return
@@ -231,7 +223,6 @@ class FrontDoor(RequestHandler):
     def request_started(self) -> float:
         """The handler took a request: the head arrived in time. Returns its first byte."""
         self.in_request = True
-        self._cancel_head_timer()
         first = self.first_byte
         return asyncio.get_running_loop().time() if first is None else first
 
@@ -240,15 +231,12 @@ class FrontDoor(RequestHandler):
         self.first_byte = None
         self._head = self._chunks = None
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_expired(self) -> None:
-        self._head_timer = None
-        if not self.in_request:
-            self._refuse_now(408, "request_timeout", "the request was not read in time")
+    def past_deadline(self, now: float) -> None:
+        """Answered 408 and closed when its head is still incomplete past the deadline."""
+        first = self.first_byte
+        if first is not None and not self.in_request:
+            if now - first > self.config.request_timeout:
+                self._refuse_now(408, "request_timeout", "the request was not read in time")
 
     def _refuse_now(self, status: int, code: str, reason: str) -> None:
         """Answer and close at once, whatever the parser or the handler are doing."""
@@ -305,11 +293,11 @@ async def serve(
     await runner.setup()
     assert runner.server is not None
     manager = runner.server
-    open_count = [0]
+    doors: set[FrontDoor] = set()
     refusals = Refusals(metrics)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: FrontDoor(manager, config, open_count, refusals),
+        lambda: FrontDoor(manager, config, doors, refusals),
         config.receiver_host,
         config.receiver_port,
         backlog=1024,
@@ -317,7 +305,12 @@ async def serve(
     )
     log.info("listening on %s:%s", config.receiver_host, config.receiver_port)
     try:
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SWEEP)
+            now = loop.time()
+            for door in list(doors):
+                door.past_deadline(now)
     finally:
         server.close()
         await runner.cleanup()
