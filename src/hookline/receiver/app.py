@@ -295,7 +295,9 @@ async def _expect(request: web.Request) -> web.Response | None:
     """``Expect: 100-continue`` is answered ``100 Continue``; any other expectation is
     refused as JSON (aiohttp's own answer is plain text)."""
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return error(417, "expectation_failed", "only Expect: 100-continue is understood")
+        resp = error(417, "expectation_failed", "only Expect: 100-continue is understood")
+        resp.force_close()  # the body may follow anyway: it is no next request's head
+        return resp
     if request.version == (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper has not begun
