@@ -254,6 +254,13 @@ class FrontDoor(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # an answer has begun: the connection is broken
             raise ConnectionError("an answer was already being sent")
+        if isinstance(exc, ConnectionError) or self.transport is None:
+            # The connection is gone (the sender left, or a refusal here closed it while
+            # the handler read the body): nobody to answer, and no fault to report.
+            log.debug("connection lost while handling a request: %s", exc)
+            resp = web.Response(status=status)
+            resp.force_close()
+            return resp
         if status >= 500:  # not a refusal: a fault of hookline's own, with its traceback
             log.error("error handling a request", exc_info=exc)
             code, reason = "internal_error", "the receiver failed to handle the request"
