@@ -10,6 +10,7 @@ become :class:`~hookline.errors.StoreUnavailable`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,9 +61,10 @@ class Connection:
             return await self.wire.call(pack(*command))
 
     async def run(self, what: str, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a script by its SHA; Redis that lost its script cache gets the source."""
+        """Run a script by its SHA; Redis that lost its script cache gets the source (the
+        EVAL, source and all, is packed only then)."""
         command = pack("EVALSHA", script.sha, len(keys), *keys, *args)
-        fallback = pack("EVAL", script.source, len(keys), *keys, *args)
+        fallback = functools.partial(pack, "EVAL", script.source, len(keys), *keys, *args)
         with self.errors(what):
             return await self.wire.call(command, fallback)
 

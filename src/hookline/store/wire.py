@@ -14,15 +14,17 @@ after it is lost. Every failure is a :class:`WireError` for the commands it
 concerns: the connection refused or lost (everything in flight fails; what was
 not yet written waits for the next connection), no reply for the client's
 socket timeout (the connection is dropped), or an error reply (that command
-only). A command sent with a ``fallback`` (an ``EVAL`` for an ``EVALSHA``) is
-sent again as the fallback when Redis does not know the script, as after a
-restart: a script that failed with NOSCRIPT did nothing.
+only). A command sent with a ``fallback`` (what makes the ``EVAL`` for an
+``EVALSHA``, packed only if needed) is sent again as the fallback when Redis does
+not know the script, as after a restart: a script that failed with NOSCRIPT did
+nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -32,6 +34,9 @@ from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 class WireError(Exception):
     """A command got no reply (connection refused, lost, silent) or an error reply."""
+
+
+Fallback = Callable[[], bytes]  # makes the command to send instead after a NOSCRIPT
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -72,18 +77,18 @@ class Wire:
         self._open_protocols: set[_Protocol] = set()  # until their socket is closed
         self._reader = hiredis.Reader()
         # Written, awaiting their reply, in order: (future, fallback).
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], bytes | None]] = (
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], Fallback | None]] = (
             collections.deque()
         )
         # Not written yet (no connection, or later in this turn of the loop).
-        self._queued: list[tuple[bytes, asyncio.Future[Any], bytes | None]] = []
+        self._queued: list[tuple[bytes, asyncio.Future[Any], Fallback | None]] = []
         self._scheduled = False
         self._connecting: asyncio.Task[None] | None = None
         self._replies = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def call(self, command: bytes, fallback: bytes | None = None) -> asyncio.Future[Any]:
+    def call(self, command: bytes, fallback: Fallback | None = None) -> asyncio.Future[Any]:
         """Send a packed command; the future gets its reply or a :class:`WireError`."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -160,7 +165,7 @@ class Wire:
                 return
             if isinstance(reply, hiredis.ReplyError):
                 if fallback is not None and str(reply).startswith("NOSCRIPT"):
-                    self._queued.append((fallback, fut, None))
+                    self._queued.append((fallback(), fut, None))
                     if not self._scheduled:
                         self._scheduled = True
                         asyncio.get_running_loop().call_soon(self._flush)
