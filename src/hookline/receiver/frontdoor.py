@@ -40,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hookline.config import Config
+from hookline.http import error
 from hookline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class FrontDoor(RequestHandler):
             code = _CODES.get(status, "bad_request")
             reason = message or HTTPStatus(status).phrase
             self.refusals.note(code)
-        resp = web.json_response({"error": code, "reason": reason}, status=status)
+        resp = error(status, code, reason)
         resp.force_close()
         return resp
 

@@ -33,7 +33,7 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +90,8 @@ class Queue:
         self.attempt_log = attempt_log
         self._xadd_heads: dict[str, bytes] = {}
         # Attempts and deliveries to record at the end of this turn of the loop.
-        self._sending: dict[tuple[str, str], list[tuple[bytes, str, asyncio.Future[Any]]]] = {}
-        self._delivered: dict[str, list[tuple[bytes, str, str, str, asyncio.Future[Any]]]] = {}
+        self._sending = _PerTurn(self._sending_call)
+        self._delivered = _PerTurn(self._delivered_call)
         self._claim_cursor: dict[str, str] = {}
 
     def stream(self, pool: str) -> str:
@@ -177,21 +177,15 @@ class Queue:
         is sent. The settle of the attempt's outcome takes the record back; a record left by
         a dispatcher that died makes the webhook's next delivery count as a duplicate.
         Attempts started in the same turn of the event loop share one script call."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._sending:
-            asyncio.get_running_loop().call_soon(self._send_sending)
-        self._sending.setdefault((pool, consumer), []).append((msg_id, webhook_id, fut))
-        return bool(await fut)
+        return bool(await self._sending.add((pool, consumer), msg_id, webhook_id))
 
-    def _send_sending(self) -> None:
-        batches, self._sending = self._sending, {}
-        for (pool, consumer), entries in batches.items():
-            keys = [self.keys.stream(pool), self.keys.sending(pool)]
-            args: list[Any] = [GROUP, consumer]
-            for msg_id, webhook_id, _ in entries:
-                args += (msg_id, webhook_id)
-            call = asyncio.ensure_future(self.conn.run("queue", scripts.SENDING, keys, args))
-            call.add_done_callback(functools.partial(_resolve, entries=entries))
+    def _sending_call(self, key: Any, entries: list[tuple[Any, ...]]) -> Awaitable[Any]:
+        pool, consumer = key
+        keys = [self.keys.stream(pool), self.keys.sending(pool)]
+        args: list[Any] = [GROUP, consumer]
+        for msg_id, webhook_id, _ in entries:
+            args += (msg_id, webhook_id)
+        return self.conn.run("queue", scripts.SENDING, keys, args)
 
     async def delivered(
         self, pool: str, msg_id: bytes, webhook: Webhook, attempt: dict[str, Any] | None = None
@@ -200,31 +194,24 @@ class Queue:
         when another consumer had settled the entry already; ``duplicates`` says how many
         duplicates this delivery was counted as. Deliveries recorded in the same turn of
         the event loop share one script call."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._delivered:
-            asyncio.get_running_loop().call_soon(self._send_delivered)
         log_entry = json.dumps(attempt or {"at": time.time()})
-        entry = (msg_id, webhook.endpoint, log_entry, webhook.id, fut)
-        self._delivered.setdefault(pool, []).append(entry)
-        duplicates = await fut
+        duplicates = await self._delivered.add(
+            pool, msg_id, webhook.endpoint, log_entry, webhook.id
+        )
         if duplicates < 0:
             return _ALREADY_SETTLED
         return Settled(True, duplicates=duplicates) if duplicates else _SETTLED
 
-    def _send_delivered(self) -> None:
-        batches, self._delivered = self._delivered, {}
-        now = now_ms()
-        for pool, entries in batches.items():
-            index: dict[str, int] = {}
-            keys = [self.keys.stream(pool), self.keys.sending(pool)]
-            args: list[Any] = [GROUP, now, self.attempt_log]
-            for msg_id, endpoint_id, log_entry, webhook_id, _ in entries:
-                if endpoint_id not in index:
-                    index[endpoint_id] = len(keys) + 1
-                    keys += (self.keys.stats(endpoint_id), self.keys.attempts(endpoint_id))
-                args += (msg_id, index[endpoint_id], log_entry, webhook_id)
-            call = asyncio.ensure_future(self.conn.run("queue", scripts.DELIVERED, keys, args))
-            call.add_done_callback(functools.partial(_resolve, entries=entries))
+    def _delivered_call(self, pool: Any, entries: list[tuple[Any, ...]]) -> Awaitable[Any]:
+        index: dict[str, int] = {}
+        keys = [self.keys.stream(pool), self.keys.sending(pool)]
+        args: list[Any] = [GROUP, now_ms(), self.attempt_log]
+        for msg_id, endpoint_id, log_entry, webhook_id, _ in entries:
+            if endpoint_id not in index:
+                index[endpoint_id] = len(keys) + 1
+                keys += (self.keys.stats(endpoint_id), self.keys.attempts(endpoint_id))
+            args += (msg_id, index[endpoint_id], log_entry, webhook_id)
+        return self.conn.run("queue", scripts.DELIVERED, keys, args)
 
     async def reschedule(
         self,
@@ -300,6 +287,29 @@ class Queue:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class _PerTurn:
+    """Calls made in one turn of the event loop, sent at its end as one script call per
+    key (``call(key, entries)``); each caller's future gets its own entry's answer."""
+
+    def __init__(self, call: Callable[[Any, list[tuple[Any, ...]]], Awaitable[Any]]) -> None:
+        self.call = call
+        self.pending: dict[Any, list[tuple[Any, ...]]] = {}
+
+    def add(self, key: Any, *entry: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._send)
+        self.pending.setdefault(key, []).append((*entry, fut))
+        return fut
+
+    def _send(self) -> None:
+        batches, self.pending = self.pending, {}
+        for key, entries in batches.items():
+            call = asyncio.ensure_future(self.call(key, entries))
+            call.add_done_callback(functools.partial(_resolve, entries=entries))
 
 
 def _resolve(call: asyncio.Future[Any], entries: Sequence[tuple[Any, ...]]) -> None:
