@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -118,6 +119,8 @@ class Endpoint:
     pool: str = "default"
     paused: bool = False
     generation: int = 0
+    source: str | None = None  # the WebhookSource this endpoint subscribes to ("ns/name")
+    event_types: tuple[str, ...] = ()  # the subscription's filter; empty: every type
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -138,7 +141,72 @@ class Endpoint:
             pool=d.get("pool", "default"),
             paused=d.get("paused", False),
             generation=d.get("generation", 0),
+            source=d.get("source"),
+            event_types=tuple(d.get("event_types", ())),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A named stream of events with its own ingest key: a POST with it fans out to every
+    endpoint that subscribes to the source and whose filter matches the event type."""
+
+    id: str  # "namespace/name"
+    key_hashes: tuple[str, ...]
+    event_types: tuple[str, ...] = ()  # the catalog of types it may send; empty: any
+    generation: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Source:
+        d = json.loads(raw)
+        return cls(
+            id=d["id"],
+            key_hashes=tuple(d["key_hashes"]),
+            event_types=tuple(d.get("event_types", ())),
+            generation=d.get("generation", 0),
+        )
+
+
+# An event type: a letter or digit, then letters, digits and ``_ . : / -`` (at most 128).
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+EVENT_TYPE_RULE = (
+    "an event type is a letter or digit followed by letters, digits and _ . : / - "
+    "(at most 128 characters)"
+)
+
+
+def valid_event_type(value: str) -> bool:
+    return _EVENT_TYPE.fullmatch(value) is not None
+
+
+def check_event_pattern(pattern: str) -> str:
+    """A subscription filter: an exact event type, or a prefix ending in ``.*``
+    (``invoice.*`` matches ``invoice.paid`` and ``invoice.line.added``)."""
+    name = pattern[:-2] if pattern.endswith(".*") else pattern
+    if not valid_event_type(name):
+        raise InvalidSpec(f"invalid event type filter {pattern!r}: {EVENT_TYPE_RULE}")
+    return pattern
+
+
+def source_from_spec(
+    source_id: str, spec: dict[str, Any], keys: list[str], generation: int = 0
+) -> Source:
+    """Build a registry record from a WebhookSource ``spec`` and its resolved ingest key."""
+    types = spec.get("eventTypes") or []
+    if not isinstance(types, list):
+        raise InvalidSpec("spec.eventTypes must be a list of event types")
+    for name in types:
+        if not isinstance(name, str) or not valid_event_type(name):
+            raise InvalidSpec(f"invalid event type {name!r}: {EVENT_TYPE_RULE}")
+    return Source(
+        id=source_id,
+        key_hashes=tuple(key_hash(k) for k in keys),
+        event_types=tuple(dict.fromkeys(types)),
+        generation=generation,
+    )
 
 
 def check_absolute_http_url(url: str) -> str:
@@ -161,6 +229,12 @@ def endpoint_from_spec(
         raise InvalidSpec("spec.url is required")
     retry = spec.get("retry") or {}
     rate = spec.get("rateLimit")
+    source = spec.get("source")
+    patterns = spec.get("eventTypes") or []
+    if not isinstance(patterns, list):
+        raise InvalidSpec("spec.eventTypes must be a list of event types or prefixes")
+    for pattern in patterns:
+        check_event_pattern(str(pattern))
     try:
         return Endpoint(
             id=endpoint_id,
@@ -184,6 +258,9 @@ def endpoint_from_spec(
             pool=str(spec.get("pool", "default")),
             paused=bool(spec.get("paused", False)),
             generation=generation,
+            # A source is named in the endpoint's own namespace.
+            source=f"{endpoint_id.partition('/')[0]}/{source}" if source else None,
+            event_types=tuple(dict.fromkeys(str(p) for p in patterns)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidSpec(f"invalid endpoint spec: {exc}") from exc
@@ -202,11 +279,21 @@ class Webhook:
     attempt: int = 0  # attempts already made
     created_ms: int = 0
     trace: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # the source whose event this is a delivery of
+    # The body is kept once for all of the event's deliveries (``P:body:ID`` in Redis, or
+    # the body store when body_ref is set), not in this entry.
+    shared: bool = False
+
+    @property
+    def delivery(self) -> str:
+        """What names this delivery in Redis: the webhook id, and for a source's event (one
+        id, many endpoints) the endpoint too."""
+        return self.id if self.source is None else f"{self.id}>{self.endpoint}"
 
     def pack(self) -> bytes:
         """The queue entry: one line of compact JSON (everything but the body), a newline,
-        then the body's bytes as they came."""
-        meta = {
+        then the body's bytes as they came (none when the body is shared or stored apart)."""
+        meta: dict[str, Any] = {
             "id": self.id,
             "ep": self.endpoint,
             "h": self.headers,
@@ -216,6 +303,10 @@ class Webhook:
             "t": self.created_ms,
             "tc": self.trace,
         }
+        if self.source is not None:
+            meta["src"] = self.source
+        if self.shared:
+            meta["sh"] = 1
         return b"".join((orjson.dumps(meta), b"\n", self.body))
 
     @classmethod
@@ -232,6 +323,8 @@ class Webhook:
             attempt=m["n"],
             created_ms=m["t"],
             trace=m["tc"],
+            source=m.get("src"),
+            shared=bool(m.get("sh")),
         )
 
     @staticmethod

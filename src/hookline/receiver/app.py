@@ -172,7 +172,7 @@ class Ingest:
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
         endpoint = self.cache.by_key(key)
-        if endpoint is None:
+        if not isinstance(endpoint, Endpoint):
             if not self.cache.loaded.is_set():
                 return self.refuse(
                     503,

@@ -29,7 +29,10 @@ Registry (:mod:`hookline.store.registry`):
 * ``P:endpoints``       hash: endpoint id → endpoint JSON [operator, local stack]
 * ``P:keys``            hash: SHA-256 of an ingest key → endpoint id (keys never in clear)
 * ``P:disabled``        hash: endpoint id → ``{"reason", "at"}`` [dispatchers: 410, auto-disable]
-* ``P:registry``        pub/sub channel: the id of every endpoint that changed
+* ``P:sources``         hash: source id → source JSON [operator, local stack]
+* ``P:sourcekeys``      hash: SHA-256 of a source's ingest key → source id
+* ``P:registry``        pub/sub channel: the id of every endpoint that changed, and
+  ``source ID`` for every source that did
 
 Leases and locks (:mod:`hookline.store.leases`):
 
@@ -60,6 +63,8 @@ class Keys:
         self.endpoints = f"{prefix}:endpoints"
         self.key_index = f"{prefix}:keys"
         self.disabled = f"{prefix}:disabled"
+        self.sources = f"{prefix}:sources"
+        self.source_key_index = f"{prefix}:sourcekeys"
         self.channel = f"{prefix}:registry"
         self.scaler_lease = f"{prefix}:scaler:lease"
         self.reaper_lease = f"{prefix}:reaper:lease"

@@ -222,8 +222,11 @@ return 1
 
 # -- the registry: an endpoint and its key index change together, then are announced
 
-# Replaces an endpoint and its key index atomically, then announces it.
-PUT_ENDPOINT = _script(
+# KEYS: records hash, key index, channel
+# ARGV: id, record JSON ('' to remove), announcement, then the record's key hashes
+# Replaces a record (an endpoint, or a source) and its key index atomically, then
+# announces it.
+PUT_RECORD = _script(
     """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
@@ -233,9 +236,9 @@ if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  for i = 3, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
+  for i = 4, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
 end
-redis.call('PUBLISH', KEYS[3], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
 return old and 1 or 0
 """
 )
