@@ -258,7 +258,7 @@ class Endpoint:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     port: int = 0
-    _counts: Counter[str] = field(default_factory=Counter)
+    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     concurrent: int = 0  # requests being answered now
     max_concurrent: int = 0
     _runner: web.AppRunner | None = None
@@ -288,9 +288,10 @@ class Endpoint:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
+        # per path: a source's event reaches several paths with one webhook-id
         wid = headers.get("webhook-id", "")
-        self._counts[wid] += 1
-        nth = self._counts[wid]
+        self._counts[request.path, wid] += 1
+        nth = self._counts[request.path, wid]
         self.received.append(Received(request.path, headers, body, time.time()))
         assert self._arrived is not None
         async with self._arrived:

@@ -24,7 +24,15 @@ from hookline.bodies import BodyStore, FilesystemBodyStore
 from hookline.config import Config
 from hookline.dispatcher import Dispatcher
 from hookline.metrics import Metrics
-from hookline.models import Endpoint, SigningSecret, Webhook, endpoint_from_spec, new_id
+from hookline.models import (
+    Endpoint,
+    SigningSecret,
+    Source,
+    Webhook,
+    endpoint_from_spec,
+    new_id,
+    source_from_spec,
+)
 from hookline.receiver import create_app, frontdoor
 from hookline.runtime import client_session
 from hookline.signing import new_key, new_secret
@@ -225,6 +233,17 @@ class Stack:
             lambda c: c.get(endpoint.id) == endpoint, f"{endpoint.id} registered", within
         )
         return endpoint, key
+
+    async def add_source(self, name: str, within: float = 2.0, **spec: Any) -> tuple[Source, str]:
+        """Register a source; returns it and its ingest key once every running component
+        knows it. Its subscribers are endpoints added with ``source=name``."""
+        key = new_key()
+        source = source_from_spec(f"test/{name}", spec, [key])
+        await self.registry.put_source(source)
+        await self.propagated(
+            lambda c: c.source(source.id) == source, f"{source.id} registered", within
+        )
+        return source, key
 
     async def propagated(
         self, check: Callable[[RegistryCache], bool], what: str, within: float = 2.0

@@ -54,7 +54,7 @@ async def dlq(config: Config, args: argparse.Namespace) -> int:
             if shown is None:
                 print(f"no dead letter {args.id}", file=sys.stderr)
                 return 1
-            print(json.dumps(_shown(shown), indent=2))
+            print(json.dumps(_shown(shown, await store.dead_letters.body(shown)), indent=2))
             return 0
         # replay
         chosen: list[DeadLetter] = []
@@ -78,7 +78,7 @@ async def dlq(config: Config, args: argparse.Namespace) -> int:
         await store.aclose()
 
 
-def _shown(letter: DeadLetter) -> dict[str, object]:
+def _shown(letter: DeadLetter, body: bytes | None) -> dict[str, object]:
     wh = letter.webhook
     return {
         "dead_letter_id": letter.id,
@@ -92,7 +92,8 @@ def _shown(letter: DeadLetter) -> dict[str, object]:
         "headers": wh.headers,
         "size": wh.size,
         "body_ref": wh.body_ref,
-        "body": wh.body.decode("utf-8", "replace") if wh.body_ref is None else None,
+        "source": wh.source,
+        "body": body.decode("utf-8", "replace") if body is not None else None,
     }
 
 

@@ -323,7 +323,7 @@ class Dispatcher:
         (:meth:`hookline.store.queue.Queue.sending`); False when it must not be sent: the
         entry is no longer ours, or Redis did not take the record (then it stays pending)."""
         try:
-            if await self.queue.sending(self.pool, self.consumer, msg_id, webhook.id):
+            if await self.queue.sending(self.pool, self.consumer, msg_id, webhook.delivery):
                 return True
             log.info("%s was settled or reclaimed by another dispatcher: not sent", webhook.id)
         except StoreUnavailable as exc:
@@ -339,8 +339,13 @@ class Dispatcher:
         body: bytes | AsyncIterator[bytes]
         try:
             if webhook.body_ref is None:
-                signer.update(webhook.body)
                 body = webhook.body
+                if webhook.shared:  # a source's event: its body is kept once in Redis
+                    shared = await self.queue.shared_body(webhook.id)
+                    if shared is None:
+                        raise BodyMissing(f"the shared body of {webhook.id} is gone")
+                    body = shared
+                signer.update(body)
             else:
                 async for chunk in self.bodies.open(webhook.body_ref):
                     signer.update(chunk)
@@ -417,7 +422,7 @@ class Dispatcher:
                 log.info("%s delivered again: counted as a duplicate", webhook.id)
             self.gates.observe(endpoint.id, None)
             self.metrics.end_to_end.observe(max(0.0, now - webhook.created_ms / 1000))
-            if webhook.body_ref is not None:
+            if webhook.body_ref is not None and (settled.last or not webhook.shared):
                 if self.config.fault_delete_delay:
                     await asyncio.sleep(self.config.fault_delete_delay)
                 # A lost delete (this process killed now, the store failing) leaves the body

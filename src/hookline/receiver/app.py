@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -28,14 +29,16 @@ from hookline.config import Config
 from hookline.errors import BodyTooLarge, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
-from hookline.models import Endpoint, Webhook, new_id
+from hookline.models import EVENT_TYPE_RULE, Endpoint, Source, Webhook, new_id, valid_event_type
 from hookline.receiver.frontdoor import FIRST_BYTE, deadline
-from hookline.store import Queue, RegistryCache
+from hookline.store import SOURCE, Queue, RegistryCache
 from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
 KEY_HEADER = "X-WH-Endpoint-Key"
+# A source's event names its type here; each endpoint it goes to gets the same header.
+EVENT_TYPE_HEADER = "X-WH-Event-Type"
 ROUTE = "/webhooks/send"
 
 # Never forwarded, whatever an endpoint's allow list says: hop-by-hop headers,
@@ -57,6 +60,7 @@ DROPPED_HEADERS = frozenset(
         "Cookie",
         "Set-Cookie",
         KEY_HEADER,
+        EVENT_TYPE_HEADER,
         "Idempotency-Key",
         "webhook-id",
         "webhook-timestamp",
@@ -140,6 +144,21 @@ async def _read_head(request: web.Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+class Body(NamedTuple):
+    """A request's body as read: in hand (``body``), or in the body store (``ref``)."""
+
+    body: bytes
+    ref: str | None
+    size: int
+
+
+_NO_BODY = Body(b"", None, 0)
+
+
+def _accepted(event_id: str, endpoints: int) -> web.Response:
+    return web.json_response({"id": event_id, "endpoints": endpoints}, status=202)
+
+
 class Ingest:
     def __init__(self, app: web.Application) -> None:
         self.config = app[CONFIG]
@@ -171,8 +190,8 @@ class Ingest:
         key = request.headers.get(KEY_HEADER)
         if not key:
             return self.refuse(401, "missing_key", f"the {KEY_HEADER} header is required")
-        endpoint = self.cache.by_key(key)
-        if not isinstance(endpoint, Endpoint):
+        found = self.cache.by_key(key)
+        if found is None:
             if not self.cache.loaded.is_set():
                 return self.refuse(
                     503,
@@ -180,7 +199,10 @@ class Ingest:
                     "the endpoint registry is not loaded yet",
                     **{"Retry-After": self.retry_after},
                 )
-            return self.refuse(401, "unknown_key", "no endpoint has this key")
+            return self.refuse(401, "unknown_key", "no endpoint or source has this key")
+        if isinstance(found, Source):
+            return await self._fan_out(request, found)
+        endpoint = found
         if endpoint.paused:
             return self.refuse(409, "endpoint_paused", f"endpoint {endpoint.id} is paused")
         disabled = self.cache.disabled_reason(endpoint.id)
@@ -189,78 +211,154 @@ class Ingest:
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
         headers = forwarded_headers(request, endpoint)
+        refused = self._refused_headers(headers) or self._refused_length(request)
+        if refused is not None:
+            return refused
+        idem_key = self._idempotency(request, endpoint.id)
+
+        async def accept() -> web.Response:
+            wid = new_id()
+            read = await self._read_body(request, wid)
+            if isinstance(read, web.Response):
+                return read
+            return await self._enqueue(endpoint, headers, wid, read, idem_key)
+
+        return await self._within_deadline(request, accept)
+
+    async def _fan_out(self, request: web.Request, source: Source) -> web.Response:
+        """A source's event: queued for every subscribed endpoint whose filter matches its
+        type, all or none (:meth:`hookline.store.queue.Queue.fan_out`)."""
+        event_type = request.headers.get(EVENT_TYPE_HEADER)
+        if not event_type:
+            return self.refuse(
+                400, "missing_event_type", f"a source's event needs the {EVENT_TYPE_HEADER} header"
+            )
+        if not valid_event_type(event_type):
+            return self.refuse(400, "invalid_event_type", f"{EVENT_TYPE_HEADER}: {EVENT_TYPE_RULE}")
+        if source.event_types and event_type not in source.event_types:
+            return self.refuse(
+                400,
+                "unknown_event_type",
+                f"source {source.id} does not send {event_type!r}; its event types are "
+                + ", ".join(source.event_types),
+            )
+        endpoints = self.cache.subscribers(source.id, event_type)
+        headers = []
+        for endpoint in endpoints:
+            forwarded = forwarded_headers(request, endpoint)
+            forwarded[EVENT_TYPE_HEADER.lower()] = event_type
+            refused = self._refused_headers(forwarded)
+            if refused is not None:
+                return refused
+            headers.append((endpoint, forwarded))
+        refused = self._refused_length(request)
+        if refused is not None:
+            return refused
+        idem_key = self._idempotency(request, SOURCE + source.id)
+
+        async def accept() -> web.Response:
+            wid = new_id()
+            if not headers:  # no endpoint takes it: recorded, and the body is not read
+                answer = await self._fan_out_to(source, wid, [], _NO_BODY, idem_key)
+                if isinstance(answer, web.Response) or request.content.is_eof():
+                    return answer if isinstance(answer, web.Response) else _accepted(*answer)
+                response = _accepted(*answer)
+                response.force_close()  # what is left of the body is no next request
+                return response
+            read = await self._read_body(request, wid)
+            if isinstance(read, web.Response):
+                return read
+            answer = await self._fan_out_to(source, wid, headers, read, idem_key)
+            return answer if isinstance(answer, web.Response) else _accepted(*answer)
+
+        return await self._within_deadline(request, accept)
+
+    def _refused_headers(self, headers: dict[str, str]) -> web.Response | None:
         for name, value in headers.items():
             if not _printable(value):
                 return self.refuse(400, "invalid_header", f"{name}: {_PRINTABLE_RULE}")
+        return None
+
+    def _refused_length(self, request: web.Request) -> web.Response | None:
         limit = self.config.max_body_bytes
         clen = request.content_length
         if clen is not None and clen > limit:
             resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
             resp.force_close()
             return resp
+        return None
+
+    @staticmethod
+    def _idempotency(request: web.Request, scope: str) -> str | None:
+        """The Redis name of the request's Idempotency-Key, per endpoint or source."""
         idem = request.headers.get("Idempotency-Key")
-        idem_key = None
-        if idem:
-            idem_key = hashlib.sha256(f"{endpoint.id}\0{idem}".encode()).hexdigest()[:40]
+        if not idem:
+            return None
+        return hashlib.sha256(f"{scope}\0{idem}".encode()).hexdigest()[:40]
+
+    async def _within_deadline(
+        self, request: web.Request, accept: Callable[[], Awaitable[web.Response]]
+    ) -> web.Response:
+        clen = request.content_length
         if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
             # The whole body has already arrived: there is nothing left to read under the
             # deadline, and the enqueue is bounded by the queue's own Redis timeout.
-            return await self._accept(request, endpoint, headers, clen, idem_key)
+            return await accept()
         # One deadline from the request's first byte (see hookline.receiver.frontdoor).
         loop = asyncio.get_running_loop()
         first = request.get(FIRST_BYTE, loop.time())
         try:
             async with asyncio.timeout_at(first + self.config.request_timeout):
-                return await self._accept(request, endpoint, headers, clen, idem_key)
+                return await accept()
         except TimeoutError:
             resp = self.refuse(408, "request_timeout", "the request was not read in time")
             resp.force_close()
             return resp
 
-    async def _accept(
-        self,
-        request: web.Request,
-        endpoint: Endpoint,
-        headers: dict[str, str],
-        clen: int | None,
-        idem_key: str | None,
-    ) -> web.Response:
+    async def _read_body(self, request: web.Request, wid: str) -> Body | web.Response:
+        """The body, in hand when it fits inline, else streamed to the body store (its
+        reference returned); or the refusal when it is too large or the store fails."""
         config = self.config
-        wid = new_id()
-        ref: str | None = None
         inline = config.inline_limit
+        clen = request.content_length
         try:
             if clen is not None and clen <= inline:
                 body = await request.read()
-                size = len(body)
-            else:
-                body = await _read_head(request, inline + 1)
-                size = len(body)
-                if size > inline:
-                    with spans.upload(self.tracing, config.body_store):
-                        ref, size = await self.bodies.put(
-                            wid, _chunks(body, request), config.max_body_bytes
-                        )
-                    body = b""
+                return Body(body, None, len(body))
+            body = await _read_head(request, inline + 1)
+            if len(body) <= inline:
+                return Body(body, None, len(body))
+            with spans.upload(self.tracing, config.body_store):
+                ref, size = await self.bodies.put(
+                    wid, _chunks(body, request), config.max_body_bytes
+                )
+            return Body(b"", ref, size)
         except BodyTooLarge as exc:
             resp = self.refuse(413, "body_too_large", str(exc))
             resp.force_close()
             return resp
         except StoreUnavailable as exc:
             log.warning("body store unavailable: %s", exc)
-            return self.refuse(
-                503,
-                "store_unavailable",
-                "the body store is unavailable",
-                **{"Retry-After": self.retry_after},
-            )
+            return self._unavailable("the body store is unavailable")
+
+    def _unavailable(self, reason: str) -> web.Response:
+        return self.refuse(503, "store_unavailable", reason, **{"Retry-After": self.retry_after})
+
+    async def _enqueue(
+        self,
+        endpoint: Endpoint,
+        headers: dict[str, str],
+        wid: str,
+        read: Body,
+        idem_key: str | None,
+    ) -> web.Response:
         webhook = Webhook(
             id=wid,
             endpoint=endpoint.id,
             headers=headers,
-            body=body,
-            body_ref=ref,
-            size=size,
+            body=read.body,
+            body_ref=read.ref,
+            size=read.size,
             created_ms=int(time.time() * 1000),
         )
         try:
@@ -268,22 +366,65 @@ class Ingest:
                 accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
         except StoreUnavailable as exc:
             log.warning("queue unavailable: %s", exc)
-            await self._discard(ref)
-            return self.refuse(
-                503,
-                "store_unavailable",
-                "the queue is unavailable",
-                **{"Retry-After": self.retry_after},
-            )
+            await self._discard(read.ref)
+            return self._unavailable("the queue is unavailable")
         except BaseException:
-            await self._discard(ref)
+            await self._discard(read.ref)
             raise
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
-            await self._discard(ref)
-        (self.ingested_ref if ref else self.ingested_inline).n += 1
+            await self._discard(read.ref)
+        (self.ingested_ref if read.ref else self.ingested_inline).n += 1
         return web.Response(
             status=202, body=b'{"id":"' + accepted.encode() + b'"}', content_type="application/json"
         )
+
+    async def _fan_out_to(
+        self,
+        source: Source,
+        wid: str,
+        headers: list[tuple[Endpoint, dict[str, str]]],
+        read: Body,
+        idem_key: str | None,
+    ) -> tuple[str, int] | web.Response:
+        """Queue the event's deliveries in one step; (event id, endpoints) or the refusal."""
+        created = int(time.time() * 1000)
+        shared = len(headers) > 1
+        event = Webhook(id=wid, endpoint=source.id, headers={}, size=read.size, created_ms=created)
+        try:
+            with spans.produce(self.tracing, event, SOURCE + source.id):
+                deliveries = [
+                    (
+                        endpoint.pool,
+                        Webhook(
+                            id=wid,
+                            endpoint=endpoint.id,
+                            headers=forwarded,
+                            body=b"" if shared else read.body,
+                            body_ref=read.ref,
+                            size=read.size,
+                            created_ms=created,
+                            trace=event.trace,
+                            source=source.id,
+                            shared=shared,
+                        ),
+                    )
+                    for endpoint, forwarded in headers
+                ]
+                accepted, width = await self.queue.fan_out(
+                    source.id, wid, deliveries, read.body, idem_key
+                )
+        except StoreUnavailable as exc:
+            log.warning("queue unavailable: %s", exc)
+            await self._discard(read.ref)
+            return self._unavailable("the queue is unavailable")
+        except BaseException:
+            await self._discard(read.ref)
+            raise
+        if accepted != wid:  # a repeated Idempotency-Key: the first event stands
+            await self._discard(read.ref)
+        if headers:
+            (self.ingested_ref if read.ref else self.ingested_inline).n += 1
+        return accepted, width
 
     async def _discard(self, ref: str | None) -> None:
         if ref is not None:

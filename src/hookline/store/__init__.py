@@ -29,10 +29,11 @@ from hookline.store.keys import GROUP, Keys
 from hookline.store.leases import Lease, Leases, ReaperLease, ScalerLease
 from hookline.store.queue import Queue, Settled
 from hookline.store.references import References
-from hookline.store.registry import Registry, RegistryCache
+from hookline.store.registry import SOURCE, Registry, RegistryCache, Subscriptions
 
 __all__ = [
     "GROUP",
+    "SOURCE",
     "Connection",
     "DeadLetter",
     "DeadLetters",
@@ -48,6 +49,7 @@ __all__ = [
     "ScalerLease",
     "Settled",
     "Store",
+    "Subscriptions",
     "redis_client",
 ]
 

@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from hookline.errors import InvalidSpec, StoreUnavailable
 from hookline.models import Webhook
@@ -93,19 +94,39 @@ class DeadLetters:
 
     async def expire(self, before: float) -> list[str]:
         """Drop dead letters older than ``before`` (Unix seconds); returns the body references
-        they held, for the caller to delete."""
+        no longer held by anything, for the caller to delete (a source's event keeps its
+        body until the last of its deliveries lets go, :data:`scripts.EXPIRE_DEAD`)."""
         cutoff = f"{int(before * 1000)}-0"
         refs: list[str] = []
-        start = "-"
-        with self.conn.errors("dead letters"):
-            while True:
-                batch = await self.conn.redis.xrange(self.key, start, f"({cutoff}", count=_BATCH)
-                refs.extend(r for _, f in batch if (r := unpack(f).body_ref))
-                if len(batch) < _BATCH:
-                    break
-                start = "(" + text(batch[-1][0])
-            await self.conn.redis.xtrim(self.key, minid=cutoff)
-        return refs
+        while True:
+            with self.conn.errors("dead letters"):
+                batch = await self.conn.redis.xrange(self.key, "-", f"({cutoff}", count=_BATCH)
+            if not batch:
+                return refs
+            letters = [(mid, unpack(fields)) for mid, fields in batch]
+            keys = [self.key]
+            args: list[Any] = []
+            for mid, wh in letters:
+                if wh.shared:
+                    keys.append(self.conn.keys.body(wh.id))
+                args += (mid, len(keys) if wh.shared else 0)
+            gone = await self.conn.run("dead letters", scripts.EXPIRE_DEAD, keys, args)
+            refs.extend(
+                wh.body_ref for (_, wh), g in zip(letters, gone, strict=True) if g and wh.body_ref
+            )
+            if len(batch) < _BATCH:
+                return refs
+
+    async def body(self, letter: DeadLetter) -> bytes | None:
+        """The dead letter's body when it is in Redis (in its entry, or kept once for a
+        source's event); None when it is in the body store or gone."""
+        wh = letter.webhook
+        if wh.body_ref is not None:
+            return None
+        if not wh.shared:
+            return wh.body
+        raw = await self.conn.call("dead letters", "HGET", self.conn.keys.body(wh.id), "b")
+        return None if raw is None else bytes(raw)
 
 
 def _dead_letter(mid: bytes, fields: dict[bytes, bytes]) -> DeadLetter:

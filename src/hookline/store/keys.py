@@ -13,6 +13,9 @@ Queue (:mod:`hookline.store.queue`):
   recorded — one each while in flight, and those of dispatchers that died — written
   before each POST, cleared by the settle scripts; what counts duplicates [dispatchers]
 * ``P:idem:HASH``       an Idempotency-Key's first webhook id, expiring [receiver]
+* ``P:body:ID``         hash: the body of a source's event (``b``, absent when it is in the
+  body store) and ``n``, how many of its deliveries (queued, scheduled, dead letters)
+  still hold it; the settle that brings ``n`` to 0 removes it [receiver; dispatchers]
 
 Dead letters (:mod:`hookline.store.deadletters`):
 
@@ -23,6 +26,8 @@ Figures (:mod:`hookline.store.figures`), written by the settle scripts:
 * ``P:stats:EP``        hash: delivered, failed, dead, duplicates, last outcomes, and the
   endpoint's health — failure streak, since when, circuit open until
 * ``P:attempts:EP``     list: the endpoint's latest attempts, capped
+* ``P:sstats:SRC``      hash: a source's figures — events, unmatched (events no endpoint
+  took), deliveries (queued), delivered, failed (attempts), dead
 
 Registry (:mod:`hookline.store.registry`):
 
@@ -87,6 +92,12 @@ class Keys:
 
     def idempotency(self, hashed: str) -> str:
         return self._of("idem", hashed)
+
+    def body(self, webhook_id: str) -> str:
+        return self._of("body", webhook_id)
+
+    def source_stats(self, source_id: str) -> str:
+        return self._of("sstats", source_id)
 
     def stats(self, endpoint_id: str) -> str:
         return self._of("stats", endpoint_id)

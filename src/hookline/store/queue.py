@@ -60,6 +60,9 @@ class Settled:
     # The webhook's other attempts that were started and never settled (their dispatcher
     # died, or the entry was reclaimed from it): each may have reached the endpoint.
     duplicates: int = 0
+    # The delivery was the last to hold its shared body (a source's event): a body in the
+    # body store is no longer referenced.
+    last: bool = False
 
     @classmethod
     def from_script(cls, raw: list[Any]) -> Settled:
@@ -117,6 +120,42 @@ class Queue:
         args = [webhook.id, self.idempotency_ttl_ms, data]
         return text(await self.conn.run("queue", scripts.ENQUEUE_ONCE, keys, args))
 
+    async def fan_out(
+        self,
+        source_id: str,
+        event_id: str,
+        deliveries: Sequence[tuple[str, Webhook]],
+        body: bytes = b"",
+        idempotency_key: str | None = None,
+    ) -> tuple[str, int]:
+        """Queue a source's event to each (pool, delivery) at once, or nothing: one script.
+        With more than one delivery the body is kept once (``P:body:ID``; ``body`` is empty
+        when it is in the body store) and the entries carry none. Returns the event id and
+        how many endpoints it went to — the first event's for a repeated Idempotency-Key."""
+        body_key = self.keys.body(event_id)
+        keys = [
+            self.keys.idempotency(idempotency_key) if idempotency_key else body_key,
+            body_key,
+            self.keys.source_stats(source_id),
+        ]
+        shared = len(deliveries) > 1
+        args: list[Any] = [
+            event_id,
+            self.idempotency_ttl_ms if idempotency_key else 0,
+            len(deliveries),
+            int(shared),
+            body if shared else b"",
+        ]
+        index: dict[str, int] = {}
+        for pool, webhook in deliveries:
+            if pool not in index:
+                keys.append(self.keys.stream(pool))
+                index[pool] = len(keys)
+            args += (index[pool], webhook.pack())
+        answer = text(await self.conn.run("queue", scripts.FANOUT, keys, args))
+        ident, _, width = answer.partition(" ")
+        return ident, int(width)
+
     # -- consumers
 
     async def ensure_group(self, pool: str) -> None:
@@ -141,6 +180,11 @@ class Queue:
         if not resp:
             return []
         return [(mid, unpack(fields)) for mid, fields in resp[0][1]]
+
+    async def shared_body(self, webhook_id: str) -> bytes | None:
+        """The body a source's event keeps once for all its deliveries; None when gone."""
+        raw = await self.conn.call("queue", "HGET", self.keys.body(webhook_id), "b")
+        return None if raw is None else bytes(raw)
 
     async def claim(
         self, pool: str, consumer: str, min_idle: float, count: int
@@ -171,20 +215,20 @@ class Queue:
 
     # -- settling
 
-    async def sending(self, pool: str, consumer: str, msg_id: bytes, webhook_id: str) -> bool:
+    async def sending(self, pool: str, consumer: str, msg_id: bytes, delivery: str) -> bool:
         """Record that an attempt of the entry is about to be sent, before it is; False when
         the entry is no longer this consumer's (settled or reclaimed meanwhile): then nothing
         is sent. The settle of the attempt's outcome takes the record back; a record left by
         a dispatcher that died makes the webhook's next delivery count as a duplicate.
         Attempts started in the same turn of the event loop share one script call."""
-        return bool(await self._sending.add((pool, consumer), msg_id, webhook_id))
+        return bool(await self._sending.add((pool, consumer), msg_id, delivery))
 
     def _sending_call(self, key: Any, entries: list[tuple[Any, ...]]) -> Awaitable[Any]:
         pool, consumer = key
         keys = [self.keys.stream(pool), self.keys.sending(pool)]
         args: list[Any] = [GROUP, consumer]
-        for msg_id, webhook_id, _ in entries:
-            args += (msg_id, webhook_id)
+        for msg_id, delivery, _ in entries:
+            args += (msg_id, delivery)
         return self.conn.run("queue", scripts.SENDING, keys, args)
 
     async def delivered(
@@ -195,22 +239,31 @@ class Queue:
         duplicates this delivery was counted as. Deliveries recorded in the same turn of
         the event loop share one script call."""
         log_entry = json.dumps(attempt or {"at": time.time()})
-        duplicates = await self._delivered.add(
-            pool, msg_id, webhook.endpoint, log_entry, webhook.id
-        )
-        if duplicates < 0:
+        result = await self._delivered.add(pool, msg_id, webhook, log_entry)
+        if result == -1:
             return _ALREADY_SETTLED
-        return Settled(True, duplicates=duplicates) if duplicates else _SETTLED
+        duplicates, last = result
+        if duplicates or last:
+            return Settled(True, duplicates=duplicates, last=bool(last))
+        return _SETTLED
 
     def _delivered_call(self, pool: Any, entries: list[tuple[Any, ...]]) -> Awaitable[Any]:
-        index: dict[str, int] = {}
+        index: dict[str, int] = {}  # key → its index in KEYS (1-based, as Lua counts)
         keys = [self.keys.stream(pool), self.keys.sending(pool)]
+
+        def at(key: str, *more: str) -> int:
+            if key not in index:
+                index[key] = len(keys) + 1
+                keys.extend((key, *more))
+            return index[key]
+
         args: list[Any] = [GROUP, now_ms(), self.attempt_log]
-        for msg_id, endpoint_id, log_entry, webhook_id, _ in entries:
-            if endpoint_id not in index:
-                index[endpoint_id] = len(keys) + 1
-                keys += (self.keys.stats(endpoint_id), self.keys.attempts(endpoint_id))
-            args += (msg_id, index[endpoint_id], log_entry, webhook_id)
+        for msg_id, webhook, log_entry, _ in entries:
+            endpoint = webhook.endpoint
+            stats = at(self.keys.stats(endpoint), self.keys.attempts(endpoint))
+            body = at(self.keys.body(webhook.id)) if webhook.shared else 0
+            source = at(self.keys.source_stats(webhook.source)) if webhook.source else 0
+            args += (msg_id, stats, log_entry, webhook.delivery, body, source)
         return self.conn.run("queue", scripts.DELIVERED, keys, args)
 
     async def reschedule(
@@ -235,9 +288,11 @@ class Queue:
             self.keys.attempts(webhook.endpoint),
             self.keys.sending(pool),
         ]
+        if webhook.source:
+            keys.append(self.keys.source_stats(webhook.source))
         fail = json.dumps(failure) if failure else ""
         args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
-        args += [*self._health_args, webhook.id, int(sent)]
+        args += [*self._health_args, webhook.delivery, int(sent)]
         raw = await self.conn.run("queue", scripts.RESCHEDULE, keys, args)
         return Settled.from_script(raw)
 
@@ -267,9 +322,11 @@ class Queue:
             self.keys.attempts(webhook.endpoint),
             self.keys.sending(pool),
         ]
+        if webhook.source:
+            keys.append(self.keys.source_stats(webhook.source))
         fail = json.dumps(failure) if failure else ""
         args: list[Any] = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint]
-        args += [fail, now_ms(), *self._health_args, webhook.id]
+        args += [fail, now_ms(), *self._health_args, webhook.delivery]
         raw = await self.conn.run("queue", scripts.DEAD, keys, args)
         return Settled.from_script(raw)
 

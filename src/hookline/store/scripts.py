@@ -34,6 +34,72 @@ return ARGV[1]
 """
 )
 
+# KEYS: idempotency key (the body key when none is given), body key, source stats, then
+#       the stream of each pool the deliveries go to
+# ARGV: event id, idempotency ttl ms ('0': no idempotency key), number of deliveries,
+#       '1' when the body is shared, the body ('' when it is in the body store or in the
+#       entry), then per delivery: index of its stream in KEYS, packed entry
+# A source's event, all or nothing: every delivery queued, the shared body stored once
+# with the count of deliveries that hold it, the source's figures counted — or, for a
+# repeated Idempotency-Key, nothing but the first event's answer. Returns "ID N": the
+# event's id and how many endpoints it went to.
+FANOUT = _script(
+    """
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  local prev = redis.call('GET', KEYS[1])
+  if prev then return prev end
+end
+local n = tonumber(ARGV[3])
+if n == 0 then
+  redis.call('HINCRBY', KEYS[3], 'unmatched', 1)
+else
+  if ARGV[4] == '1' then
+    if ARGV[5] ~= '' then
+      redis.call('HSET', KEYS[2], 'n', n, 'b', ARGV[5])
+    else
+      redis.call('HSET', KEYS[2], 'n', n)
+    end
+  end
+  for i = 6, #ARGV, 2 do
+    redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'd', ARGV[i + 1])
+  end
+  redis.call('HINCRBY', KEYS[3], 'deliveries', n)
+end
+redis.call('HINCRBY', KEYS[3], 'events', 1)
+local answer = ARGV[1] .. ' ' .. n
+if ttl > 0 then redis.call('SET', KEYS[1], answer, 'PX', ttl) end
+return answer
+"""
+)
+
+# KEYS: dead stream, then the key of each shared body among the dead letters
+# ARGV: per dead letter: its id, index of its shared body's key (0: none)
+# Removes dead letters past retention; a shared body loses their reference, and goes with
+# the last. Returns per dead letter 1 when its body is no longer referenced (removed from
+# Redis here; one in the body store is the caller's to delete), else 0.
+EXPIRE_DEAD = _script(
+    """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local gone = 0
+  local body = tonumber(ARGV[i + 1])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+    gone = 1
+    if body > 0 then
+      if redis.call('HINCRBY', KEYS[body], 'n', -1) > 0 then
+        gone = 0
+      else
+        redis.call('DEL', KEYS[body])
+      end
+    end
+  end
+  out[#out + 1] = gone
+end
+return out
+"""
+)
+
 # Shared by the scripts that record a failed attempt: figures, the attempt log,
 # and the endpoint's health — the streak of consecutive failures, when it
 # began, and until when its circuit is open. Returns {streak, open_until, since}.
@@ -78,34 +144,45 @@ return out
 """
 )
 
-# KEYS: stream, sending hash, then per endpoint its stats and attempts keys
+# KEYS: stream, sending hash, then per endpoint its stats and attempts keys, and the
+#       stats of each source and the key of each shared body among the entries
 # ARGV: group, now, log size, then per entry: msgid, index of its stats key, attempt json,
-#       webhook id
+#       delivery name (Webhook.delivery), index of its shared body's key (0: not shared),
+#       index of its source's stats key (0: none)
 # Returns per entry -1 when another consumer had settled it already (nothing recorded:
-# that settle took this attempt into account), else the duplicates this delivery makes:
-# the webhook's other attempts started and never settled (SENDING counted this one too).
+# that settle took this attempt into account), else {duplicates, last}: the webhook's
+# other attempts started and never settled (SENDING counted this one too), and 1 when
+# this delivery was the last of a shared body's, which is then gone from Redis (and, when
+# it lives in the body store, is the caller's to delete there).
 # A delivery ends the endpoint's failure streak and closes its circuit.
 DELIVERED = _script(
     """
 local acked_by, dups_by, out = {}, {}, {}
 local logsize = tonumber(ARGV[3])
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 6 do
   local k = tonumber(ARGV[i + 1])
   local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
   redis.call('XDEL', KEYS[1], ARGV[i])
   if acked == 0 then
     out[#out + 1] = -1
   else
-    local dups = 0
+    local dups, last = 0, 0
     local started = redis.call('HGET', KEYS[2], ARGV[i + 3])
     if started then
       dups = math.max(0, tonumber(started) - 1)
       redis.call('HDEL', KEYS[2], ARGV[i + 3])
     end
-    out[#out + 1] = dups
+    local body = tonumber(ARGV[i + 4])
+    if body > 0 and redis.call('HINCRBY', KEYS[body], 'n', -1) <= 0 then
+      redis.call('DEL', KEYS[body])
+      last = 1
+    end
+    out[#out + 1] = {dups, last}
     acked_by[k] = (acked_by[k] or 0) + 1
     if dups > 0 then dups_by[k] = (dups_by[k] or 0) + dups end
     redis.call('LPUSH', KEYS[k + 1], ARGV[i + 2])
+    local src = tonumber(ARGV[i + 5])
+    if src > 0 then redis.call('HINCRBY', KEYS[src], 'delivered', 1) end
   end
 end
 for k, n in pairs(acked_by) do
@@ -119,9 +196,10 @@ return out
 """
 )
 
-# KEYS: stream, retry zset, retry hash, stats, attempts, sending hash
+# KEYS: stream, retry zset, retry hash, stats, attempts, sending hash, and for a
+#       source's event the source's stats
 # ARGV: group, msgid, uid, due_ms, packed, failure json ('' when not an attempt),
-#       now, threshold, cooldown, log size, webhook id, '1' when SENDING recorded this
+#       now, threshold, cooldown, log size, delivery name, '1' when SENDING recorded this
 #       attempt ('0' for a deferral decided before it)
 # The webhook's other attempts started and never settled stay recorded: its next
 # delivery counts them.
@@ -137,6 +215,7 @@ end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 if ARGV[6] == '' then return {1} end
+if KEYS[7] then redis.call('HINCRBY', KEYS[7], 'failed', 1) end
 local h = failed(KEYS[4], KEYS[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]),
                  tonumber(ARGV[9]), tonumber(ARGV[10]))
 return {1, h[1], h[2], h[3]}
@@ -169,11 +248,13 @@ return n
 """
 )
 
-# KEYS: stream, dead stream, stats, attempts, sending hash
+# KEYS: stream, dead stream, stats, attempts, sending hash, and for a source's event the
+#       source's stats
 # ARGV: group, msgid, packed, reason, pool, endpoint, failure json ('' when no attempt),
-#       now, threshold, cooldown, log size, webhook id
+#       now, threshold, cooldown, log size, delivery name
 # The webhook is finished: its record of started attempts goes (a replay from the dead
-# letter is the operator's choice, not counted as a duplicate).
+# letter is the operator's choice, not counted as a duplicate). A shared body stays: the
+# dead letter holds its reference until it is replayed and delivered, or expires.
 DEAD = _script(
     _FAILED
     + """
@@ -185,7 +266,9 @@ end
 redis.call('HDEL', KEYS[5], ARGV[12])
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[3], 'reason', ARGV[4], 'pool', ARGV[5], 'ep', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
+if KEYS[6] then redis.call('HINCRBY', KEYS[6], 'dead', 1) end
 if ARGV[7] == '' then return {1} end
+if KEYS[6] then redis.call('HINCRBY', KEYS[6], 'failed', 1) end
 local h = failed(KEYS[3], KEYS[4], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]),
                  tonumber(ARGV[10]), tonumber(ARGV[11]))
 return {1, h[1], h[2], h[3]}
