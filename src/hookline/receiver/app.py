@@ -258,18 +258,19 @@ class Ingest:
 
         async def accept() -> web.Response:
             wid = new_id()
-            if not headers:  # no endpoint takes it: recorded, and the body is not read
-                answer = await self._fan_out_to(source, wid, [], _NO_BODY, idem_key)
-                if isinstance(answer, web.Response) or request.content.is_eof():
-                    return answer if isinstance(answer, web.Response) else _accepted(*answer)
-                response = _accepted(*answer)
-                response.force_close()  # what is left of the body is no next request
-                return response
-            read = await self._read_body(request, wid)
-            if isinstance(read, web.Response):
-                return read
+            read = _NO_BODY  # no endpoint takes it: counted, and the body is not read
+            if headers:
+                body = await self._read_body(request, wid)
+                if isinstance(body, web.Response):
+                    return body
+                read = body
             answer = await self._fan_out_to(source, wid, headers, read, idem_key)
-            return answer if isinstance(answer, web.Response) else _accepted(*answer)
+            if isinstance(answer, web.Response):
+                return answer
+            response = _accepted(*answer)
+            if not request.content.is_eof():
+                response.force_close()  # the unread rest of the body is no next request
+            return response
 
         return await self._within_deadline(request, accept)
 
