@@ -272,3 +272,33 @@ async def test_a_refused_webhook_is_a_server_span_with_its_status_and_no_enqueue
     assert server.tags["http.response.status_code"] == 413
     assert "error" not in server.tags  # the sender's mistake, not the server's
     assert server.parent == one(found, SENDER, None).id
+
+
+async def test_a_source_event_is_one_trace_with_a_delivery_per_subscriber(
+    traced: Stack, endpoint: Endpoint, jaeger: JaegerServer
+) -> None:
+    source, key = await traced.add_source("orders")
+    subscribers = [
+        (await traced.add_endpoint(endpoint.on(f"/{n}", ok), n, source="orders"))[0]
+        for n in ("a", "b")
+    ]
+    await traced.propagated(lambda c: len(c.subscribed(source.id)) == 2, "two subscribers")
+    status, answer = await traced.send(key, BODY, **{"X-WH-Event-Type": "order.created"})
+    assert (status, answer["endpoints"]) == (202, 2)
+    await endpoint.wait_for(lambda: len(endpoint.received) == 2, 10, "two deliveries")
+    parents = {trace_id_of(r.headers["traceparent"]) for r in endpoint.received}
+    assert len(parents) == 1, "both deliveries continue the event's one trace"
+    found, _ = await wait_for_trace(
+        jaeger,
+        jaeger_id(parents.pop()),
+        [traced.receiver_tracing, traced.dispatcher_tracing],
+        lambda f: len(of_kind(f, "client", "hookline-dispatcher")) == 2,
+        "both deliveries",
+    )
+    server = one(found, "hookline-receiver", "server")
+    enqueue = one(found, "hookline-receiver", "producer", f"send source {source.id}")
+    assert enqueue.parent == server.id
+    assert enqueue.tags["messaging.message.id"] == answer["id"]
+    attempts = of_kind(found, "consumer")
+    assert {a.tags["hookline.endpoint"] for a in attempts} == {ep.id for ep in subscribers}
+    assert all(a.parent == enqueue.id for a in attempts)
