@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from aiohttp import web
 
@@ -142,6 +142,9 @@ async def _read_head(request: web.Request, limit: int) -> bytes:
             break
         buf += chunk
     return bytes(buf)
+
+
+R = TypeVar("R")
 
 
 class Body(NamedTuple):
@@ -362,16 +365,14 @@ class Ingest:
             size=read.size,
             created_ms=int(time.time() * 1000),
         )
-        try:
+
+        async def write() -> str:
             with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
-                accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
-        except StoreUnavailable as exc:
-            log.warning("queue unavailable: %s", exc)
-            await self._discard(read.ref)
-            return self._unavailable("the queue is unavailable")
-        except BaseException:
-            await self._discard(read.ref)
-            raise
+                return await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+
+        accepted = await self._write(read.ref, write)
+        if isinstance(accepted, web.Response):
+            return accepted
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
             await self._discard(read.ref)
         (self.ingested_ref if read.ref else self.ingested_inline).n += 1
@@ -391,7 +392,8 @@ class Ingest:
         created = int(time.time() * 1000)
         shared = len(headers) > 1
         event = Webhook(id=wid, endpoint=source.id, headers={}, size=read.size, created_ms=created)
-        try:
+
+        async def write() -> tuple[str, int]:
             with spans.produce(self.tracing, event, SOURCE + source.id):
                 deliveries = [
                     (
@@ -411,21 +413,29 @@ class Ingest:
                     )
                     for endpoint, forwarded in headers
                 ]
-                accepted, width = await self.queue.fan_out(
-                    source.id, wid, deliveries, read.body, idem_key
-                )
-        except StoreUnavailable as exc:
-            log.warning("queue unavailable: %s", exc)
-            await self._discard(read.ref)
-            return self._unavailable("the queue is unavailable")
-        except BaseException:
-            await self._discard(read.ref)
-            raise
-        if accepted != wid:  # a repeated Idempotency-Key: the first event stands
+                return await self.queue.fan_out(source.id, wid, deliveries, read.body, idem_key)
+
+        answer = await self._write(read.ref, write)
+        if isinstance(answer, web.Response):
+            return answer
+        if answer[0] != wid:  # a repeated Idempotency-Key: the first event stands
             await self._discard(read.ref)
         if headers:
             (self.ingested_ref if read.ref else self.ingested_inline).n += 1
-        return accepted, width
+        return answer
+
+    async def _write(self, ref: str | None, write: Callable[[], Awaitable[R]]) -> R | web.Response:
+        """The queue write of a request; when Redis does not take it (503) or the request
+        ends otherwise, the body it stored is deleted."""
+        try:
+            return await write()
+        except StoreUnavailable as exc:
+            log.warning("queue unavailable: %s", exc)
+            await self._discard(ref)
+            return self._unavailable("the queue is unavailable")
+        except BaseException:
+            await self._discard(ref)
+            raise
 
     async def _discard(self, ref: str | None) -> None:
         if ref is not None:
