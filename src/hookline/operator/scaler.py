@@ -60,6 +60,9 @@ MAX_REPLICAS = PREFIX + "max-replicas"
 TARGET = PREFIX + "target-lag-per-replica"
 WINDOW = PREFIX + "scale-down-window-seconds"
 
+# hookline_scaler_errors_total reasons
+ERROR_REASONS = ("redis", "api", "policy")
+
 # Event reasons
 SCALED_UP = "ScaledUp"
 SCALED_DOWN = "ScaledDown"
@@ -256,10 +259,12 @@ class ScalerMetrics:
         )
         self.errors = Counter(
             "hookline_scaler_errors",
-            "Ticks or Deployments left unscaled, by reason (redis, api, policy, conflict)",
+            "Ticks or Deployments left unscaled, by reason (redis, api, policy)",
             ["reason"],
             registry=registry,
         )
+        for reason in ERROR_REASONS:  # served at 0 from the start: rate() sees the first one
+            self.errors.labels(reason)
         self.leader = Gauge(
             "hookline_scaler_leader",
             "1 while this operator holds the scaler lease and scales",
