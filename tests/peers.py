@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tool_binary(name: str) -> str:
     """A test peer built by ``make tools`` (kube-apiserver, etcd, kubectl, helm, jaeger,
-    fake-gcs-server), from ``HOOKLINE_BIN_DIR`` or the repository's ``.cache/bin``."""
+    fake-gcs-server, promtool, ...), from ``HOOKLINE_BIN_DIR`` or the repository's
+    ``.cache/bin``."""
     folder = Path(os.environ.get("HOOKLINE_BIN_DIR", REPO / ".cache" / "bin"))
     path = folder / name
     if not os.access(path, os.X_OK):
