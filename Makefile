@@ -26,7 +26,7 @@ system-deps:
 
 deps: system-deps $(STAMP)
 
-## the real peers the tests start (kube-apiserver, etcd, kubectl, helm, jaeger, fake-gcs-server)
+## the real peers the tests start (kube-apiserver, etcd, kubectl, helm, jaeger, fake-gcs-server, promtool, the node tier's)
 tools:
 	tools/build.sh
 

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -46,12 +47,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tool_binary(name: str) -> str:
     """A test peer built by ``make tools`` (kube-apiserver, etcd, kubectl, helm, jaeger,
-    fake-gcs-server), from ``HOOKLINE_BIN_DIR`` or the repository's ``.cache/bin``."""
+    fake-gcs-server, promtool, ...), from ``HOOKLINE_BIN_DIR`` or the repository's
+    ``.cache/bin``."""
     folder = Path(os.environ.get("HOOKLINE_BIN_DIR", REPO / ".cache" / "bin"))
     path = folder / name
     if not os.access(path, os.X_OK):
         pytest.fail(f"{path} is missing: run `make tools` (see tools/README.md)", pytrace=False)
     return str(path)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample a hookline process serves on ``/metrics`` at ``port``, parsed as
+    Prometheus parses it: (sample name, labels) → value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 class PeerProcess:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real peers the tests start (kube-apiserver, etcd, kubectl, helm,
-# jaeger, fake-gcs-server, and the node tier's kubelet, kube-controller-manager,
+# jaeger, fake-gcs-server, promtool, and the node tier's kubelet, kube-controller-manager,
 # kube-scheduler, kube-proxy and coredns) from the Go modules pinned beside this script, into
 # .cache/bin/. A binary already there is kept; `make tools` calls this script.
 # Usage: tools/build.sh [NAME ...]   (default: every binary)
@@ -18,6 +18,11 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor"
   kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
+
+# promtool reports the Prometheus release its module version stands for (v0.316.0: 3.16.0).
+prom_module=$(awk '$1=="github.com/prometheus/prometheus"{print $2}' "$here/prometheus/go.mod")
+prom_version=$(echo "$prom_module" | sed -E 's/^v0\.([0-9])0*([0-9]+)\.([0-9]+)$/\1.\2.\3/')
+prom_ldflags="-X github.com/prometheus/common/version.Version=$prom_version"
 
 # Binaries are kept per machine in $shared, named by a hash of the module that
 # pins them, and linked into .cache/bin: a fresh clone on the same machine (CI)
@@ -40,7 +45,7 @@ build() {  # name module-dir package [ldflags]
   ln -sf "$target" "$bin/$name"
 }
 
-all="fake-gcs-server etcd kubectl kube-apiserver helm jaeger"
+all="fake-gcs-server etcd kubectl kube-apiserver helm jaeger promtool"
 all+=" kubelet kube-controller-manager kube-scheduler kube-proxy coredns"
 want=${*:-$all}
 for name in $want; do
@@ -54,6 +59,7 @@ for name in $want; do
     coredns)         build coredns coredns hookline.dev/tools/coredns ;;
     helm)            build helm helm helm.sh/helm/v3/cmd/helm ;;
     jaeger)          build jaeger jaeger github.com/jaegertracing/jaeger/cmd/jaeger ;;
+    promtool)        build promtool prometheus github.com/prometheus/prometheus/cmd/promtool "$prom_ldflags" ;;
     *) echo "tools: unknown binary $name" >&2; exit 2 ;;
   esac
 done

@@ -16,7 +16,7 @@ import pytest
 from hookline.models import Endpoint
 from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess, manifest
-from tests.peers import eventually
+from tests.peers import Samples, eventually, scrape
 
 
 def endpoint_doc(name: str, namespace: str, url: str, **spec: Any) -> dict[str, Any]:
@@ -25,6 +25,49 @@ def endpoint_doc(name: str, namespace: str, url: str, **spec: Any) -> dict[str, 
         "kind": "WebhookEndpoint",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"url": url, **spec},
+    }
+
+
+def dispatcher_doc(
+    name: str,
+    namespace: str,
+    pool: str,
+    replicas: int = 1,
+    labelled: bool = True,
+    labels: dict[str, str] | None = None,
+    **policy: str | int,
+) -> dict[str, Any]:
+    """A dispatcher Deployment; ``policy`` keys are annotation names after ``hookline.dev/``
+    with ``_`` for ``-`` (``min_replicas=0``)."""
+    annotations = {"hookline.dev/pool": pool}
+    annotations.update({f"hookline.dev/{k.replace('_', '-')}": str(v) for k, v in policy.items()})
+    meta_labels = dict(labels or ({"hookline.dev/component": "dispatcher"} if labelled else {}))
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "dispatcher",
+                            "image": "ghcr.io/hookline/hookline:0.1.0",
+                            "args": ["dispatcher"],
+                            "env": [{"name": "HOOKLINE_POOL", "value": pool}],
+                        }
+                    ]
+                },
+            },
+        },
     }
 
 
@@ -112,6 +155,16 @@ async def secret_value(cluster: ControlPlane, name: str, namespace: str, key: st
         "get", "secret", name, "-n", namespace, "-o", f"jsonpath={{.data.{key}}}"
     )
     return base64.b64decode(done.stdout).decode()
+
+
+def metrics(op: OperatorProcess) -> Samples:
+    """The operator's ``/metrics``, parsed."""
+    return scrape(op.port)
+
+
+def sample(op: OperatorProcess, name: str, **labels: str) -> float | None:
+    """One sample of the operator's ``/metrics`` (None: not served)."""
+    return metrics(op).get((name, frozenset(labels.items())))
 
 
 def probe(op: OperatorProcess, path: str) -> tuple[int, str]:

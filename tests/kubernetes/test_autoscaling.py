@@ -9,67 +9,22 @@ import asyncio
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hookline.config import Config
-from hookline.models import Webhook, new_id
+from hookline.models import Webhook, endpoint_from_spec, new_id
 from hookline.store import Figures, Queue, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import operator_env
-from tests.kubernetes.helpers import apply
+from tests.kubernetes.helpers import apply, dispatcher_doc, metrics, sample
 from tests.peers import REPO, RedisServer, eventually
 from tests.stack import stack_config
 
 TICK = 0.5  # HOOKLINE_SCALE_INTERVAL in these tests
-
-
-def dispatcher_doc(
-    name: str,
-    namespace: str,
-    pool: str,
-    replicas: int = 1,
-    labelled: bool = True,
-    labels: dict[str, str] | None = None,
-    **policy: str | int,
-) -> dict[str, Any]:
-    """A dispatcher Deployment; ``policy`` keys are annotation names after ``hookline.dev/``
-    with ``_`` for ``-`` (``min_replicas=0``)."""
-    annotations = {"hookline.dev/pool": pool}
-    annotations.update({f"hookline.dev/{k.replace('_', '-')}": str(v) for k, v in policy.items()})
-    meta_labels = dict(labels or ({"hookline.dev/component": "dispatcher"} if labelled else {}))
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": meta_labels,
-            "annotations": annotations,
-        },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "dispatcher",
-                            "image": "ghcr.io/hookline/hookline:0.1.0",
-                            "args": ["dispatcher"],
-                            "env": [{"name": "HOOKLINE_POOL", "value": pool}],
-                        }
-                    ]
-                },
-            },
-        },
-    }
 
 
 def scaling_operator(
@@ -109,20 +64,6 @@ async def drain(queue: Queue, pool: str) -> None:
 
 
 # -- reading the cluster and the operator
-
-
-def scrape(op: OperatorProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{op.port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(op: OperatorProcess, name: str, **labels: str) -> float | None:
-    return scrape(op).get((name, frozenset(labels.items())))
 
 
 async def ticks_pass(op: OperatorProcess, n: int = 2) -> None:
@@ -328,6 +269,43 @@ async def test_two_pools_are_scaled_independently(
     steps = [e["message"].split(";")[0] for e in await events(cluster, namespace, "slow")]
     assert sorted(steps) == ["pool 'slow': 1 → 5 replicas", "pool 'slow': 5 → 7 replicas"]
     assert await replicas(cluster, "fast", namespace) == 3
+
+
+async def test_every_pool_shows_how_long_its_entries_wait_served_or_not(
+    cluster: ControlPlane, namespace: str, scaler: OperatorProcess, store: Store, config: Config
+) -> None:
+    """The ``hookline_pool_*`` gauges the alert rules read: measured for a pool with a
+    Deployment and for one only an endpoint names, which no dispatcher serves."""
+    await apply(cluster, dispatcher_doc("orders", namespace, "orders"))
+    stray = endpoint_from_spec(
+        "shop/stray", {"url": "https://hooks.example.com/in", "pool": "nowhere"}, ["k"], [], config
+    )
+    await store.registry.put(stray)
+    await enqueue(store.queue, "nowhere", 3)
+    [(first, _)] = await store.conn.redis.xrange(store.queue.stream("nowhere"), count=1)
+    added = int(first.decode().partition("-")[0]) / 1000
+    await asyncio.sleep(1.0)
+    await ticks_pass(scaler, 2)
+    served = metrics(scaler)  # one scrape: the gauges of one tick
+    gauges = {
+        (name, pool): served.get((f"hookline_pool_{name}_seconds", frozenset({("pool", pool)})))
+        for name in ("oldest_age", "oldest_unread_age")
+        for pool in ("orders", "nowhere")
+    }
+    assert gauges[("oldest_age", "orders")] == gauges[("oldest_unread_age", "orders")] == 0
+    oldest = gauges[("oldest_age", "nowhere")]
+    assert oldest is not None and 1.0 <= oldest <= time.time() - added
+    assert gauges[("oldest_unread_age", "nowhere")] == oldest  # no dispatcher read any
+
+    await drain(store.queue, "nowhere")
+    await ticks_pass(scaler, 2)
+    assert sample(scaler, "hookline_pool_oldest_age_seconds", pool="nowhere") == 0
+    assert sample(scaler, "hookline_pool_oldest_unread_age_seconds", pool="nowhere") == 0
+    # An endpoint deleted takes its pool's gauges with it at the next tick.
+    await store.registry.remove(stray.id)
+    await ticks_pass(scaler, 2)
+    assert sample(scaler, "hookline_pool_oldest_age_seconds", pool="nowhere") is None
+    assert sample(scaler, "hookline_pool_oldest_age_seconds", pool="orders") == 0
 
 
 async def test_deployment_without_the_label_is_never_touched(

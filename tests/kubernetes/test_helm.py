@@ -472,9 +472,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
             NS_SCOPED,
             "-f",
             str(EVERYTHING),
-            # The one object this API server cannot take: no Prometheus Operator CRDs.
+            # The objects this API server cannot take: no Prometheus Operator CRDs.
             "--set",
             "metrics.serviceMonitor.enabled=false",
+            "--set",
+            "alerts.prometheusRule.enabled=false",
             "--set-json",
             f"operator.watchNamespaces={json.dumps(list(WATCHED))}",
         )

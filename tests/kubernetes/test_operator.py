@@ -20,6 +20,7 @@ from tests.kubernetes.helpers import (
     apply,
     condition,
     endpoint_doc,
+    metrics,
     probe,
     registered,
     secret_doc,
@@ -301,6 +302,52 @@ async def test_operator_serves_probes_and_metrics(operator: OperatorProcess) -> 
     assert probe(operator, "/readyz") == (200, '{"status": "ready"}')
     code, text = probe(operator, "/metrics")
     assert code == 200 and "# TYPE" in text
+
+
+async def test_endpoint_conditions_are_served_as_series_for_the_alert_rules(
+    cluster: ControlPlane, namespace: str, operator: OperatorProcess, registry: Registry
+) -> None:
+    """``hookline_endpoint_condition`` says what ``kubectl get whe`` says: the alert rules
+    read an endpoint the operator cannot register and one a dispatcher disabled from it."""
+    endpoint = f"{namespace}/watched"
+
+    def conditions() -> set[tuple[str, str, str]]:
+        return {
+            (labels["type"], labels["status"], labels["reason"])
+            for (name, pairs), value in metrics(operator).items()
+            if name == "hookline_endpoint_condition"
+            and (labels := dict(pairs))["endpoint"] == endpoint
+            and value == 1
+        }
+
+    async def until(wanted: set[tuple[str, str, str]], what: str) -> None:
+        async def shown() -> bool:
+            return conditions() == wanted
+
+        try:
+            await eventually(shown, 5 + 2 * INTERVAL, what)
+        except pytest.fail.Exception:
+            pytest.fail(f"{what}: served {conditions()}\n{operator.tail()}", pytrace=False)
+
+    await apply(
+        cluster, endpoint_doc("watched", namespace, URL, keySecretRef={"name": "watched-key"})
+    )
+    # (Delivering says whether a dispatcher would deliver: nothing stops it but the record.)
+    await until(
+        {("Ready", "False", "SecretNotFound"), ("Delivering", "True", "Active")},
+        "Ready=False SecretNotFound",
+    )
+
+    await apply(cluster, secret_doc("watched-key", namespace, key="k"))
+    await until(
+        {("Ready", "True", "Registered"), ("Delivering", "True", "Active")}, "registered, active"
+    )
+
+    await registry.disable(endpoint, "endpoint answered 410 Gone")  # as a dispatcher does
+    await until({("Ready", "True", "Registered"), ("Delivering", "False", "Disabled")}, "disabled")
+
+    await cluster.akubectl("delete", "whe", "watched", "-n", namespace)
+    await until(set(), "no series once the endpoint is deleted")
 
 
 async def test_endpoint_applied_again_after_delete_adopts_its_generated_secrets(

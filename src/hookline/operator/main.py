@@ -31,7 +31,7 @@ from hookline.http import serve_probes
 from hookline.metrics import Metrics
 from hookline.operator.handlers import RoutineAtDebug, build, settings
 from hookline.operator.kube import Kube
-from hookline.operator.reconcile import Reconciler
+from hookline.operator.reconcile import Conditions, Reconciler
 from hookline.operator.scaler import Scaler, ScalerMetrics
 from hookline.store import Store
 
@@ -133,6 +133,7 @@ async def operate(config: Config, stop_flag: asyncio.Event | None = None) -> int
     kube = Kube(client)
     reconciler = Reconciler(config, kube, store.registry, store.figures)
     metrics = Metrics()
+    metrics.registry.register(Conditions(reconciler))
     namespaces = [n.strip() for n in config.operator_namespaces.split(",") if n.strip()]
     scaler = Scaler(config, kube, store, ScalerMetrics(metrics.registry), namespaces)
     api = ApiCheck(kube, namespaces[0] if namespaces else None)

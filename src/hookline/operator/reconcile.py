@@ -20,15 +20,23 @@ One reconciliation, the same whatever triggered it, and idempotent:
 
 Rotation state lives in the registry record only: a Redis that loses its data while a
 rotation's grace period runs comes back with the new secret alone.
+
+:class:`Conditions` exports the ``Ready`` and ``Delivering`` conditions the reconciler
+last computed as ``hookline_endpoint_condition`` (what ``kubectl get whe`` shows, for
+the alert rules: an endpoint disabled, an endpoint the operator cannot make live).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from hookline.config import Config
 from hookline.errors import (
@@ -325,6 +333,37 @@ class Reconciler:
                 if where not in still_used:
                     del self.secrets[where]
             return removed
+
+
+class Conditions(Collector):
+    """``hookline_endpoint_condition{endpoint, type, status, reason}`` = 1 for the
+    ``Ready`` and ``Delivering`` condition of each WebhookEndpoint this operator has
+    reconciled, as it last computed them. Read from memory at each scrape; an endpoint
+    deleted is forgotten with its series. Registered into the operator's registry by
+    :func:`hookline.operator.main.operate`."""
+
+    NAME = "hookline_endpoint_condition"
+    HELP = (
+        "1 for each WebhookEndpoint's Ready and Delivering condition (status, reason) "
+        "as the operator last reconciled it"
+    )
+    LABELS = ("endpoint", "type", "status", "reason")
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=self.LABELS)
+        for res in list(self.reconciler.resources.values()):
+            for kind in (st.READY, st.DELIVERING):
+                c = st.condition(res.status, kind)
+                if c:
+                    labels = [res.id, kind, str(c.get("status", "")), str(c.get("reason", ""))]
+                    family.add_metric(labels, 1)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=self.LABELS)
 
 
 def _written(existing: Endpoint | None, record: Endpoint, grace: float, lost: bool) -> str:

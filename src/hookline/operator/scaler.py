@@ -25,6 +25,11 @@ the holder of a lease in Redis (``P:scaler:lease``), which works with kopf peeri
 without it. A lost lease, an unreachable Redis or API leave the replicas as they are;
 the reason goes to the log, to a Warning Event on the Deployment (once per outage) and
 to ``hookline_scaler_metrics_available``.
+
+The lease holder also measures, each tick, how long entries have waited in every pool —
+those with a Deployment and those only an endpoint's ``spec.pool`` names, which no
+dispatcher may serve at all (:meth:`Scaler.watch`, the ``hookline_pool_*`` gauges the
+alert rules in ``helm/hookline/files/alerts.yaml`` read).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from hookline.config import Config
 from hookline.errors import ApiUnavailable, InvalidSpec, StoreUnavailable
 from hookline.operator.kube import Kube
-from hookline.store import ScalerLease, Store
+from hookline.store import ScalerLease, Store, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,9 @@ MIN_REPLICAS = PREFIX + "min-replicas"
 MAX_REPLICAS = PREFIX + "max-replicas"
 TARGET = PREFIX + "target-lag-per-replica"
 WINDOW = PREFIX + "scale-down-window-seconds"
+
+# hookline_scaler_errors_total reasons
+ERROR_REASONS = ("redis", "api", "policy")
 
 # Event reasons
 SCALED_UP = "ScaledUp"
@@ -251,10 +259,12 @@ class ScalerMetrics:
         )
         self.errors = Counter(
             "hookline_scaler_errors",
-            "Ticks or Deployments left unscaled, by reason (redis, api, policy, conflict)",
+            "Ticks or Deployments left unscaled, by reason (redis, api, policy)",
             ["reason"],
             registry=registry,
         )
+        for reason in ERROR_REASONS:  # served at 0 from the start: rate() sees the first one
+            self.errors.labels(reason)
         self.leader = Gauge(
             "hookline_scaler_leader",
             "1 while this operator holds the scaler lease and scales",
@@ -263,6 +273,29 @@ class ScalerMetrics:
         self.ticks = Counter(
             "hookline_scaler_ticks", "Scaling rounds this operator started", registry=registry
         )
+        # What waits in every pool: those with a dispatcher Deployment and those only an
+        # endpoint names (the alert rules need the second kind most: nothing serves it).
+        self.oldest = Gauge(
+            "hookline_pool_oldest_age_seconds",
+            "Age of the oldest entry in a pool's stream, read or not (0: empty)",
+            ["pool"],
+            registry=registry,
+        )
+        self.unread = Gauge(
+            "hookline_pool_oldest_unread_age_seconds",
+            "Age of the oldest entry of a pool's stream no dispatcher has read yet (0: none)",
+            ["pool"],
+            registry=registry,
+        )
+
+    def pools(self, waiting: Mapping[str, Waiting]) -> None:
+        """Replace the pool gauges with ``waiting`` (empty: unknown, or measured by the
+        replica that holds the lease), so no pool keeps an age nobody measures any more."""
+        self.oldest.clear()
+        self.unread.clear()
+        for pool, w in waiting.items():
+            self.oldest.labels(pool).set(w.oldest)
+            self.unread.labels(pool).set(w.unread)
 
 
 @dataclass
@@ -356,12 +389,14 @@ class Scaler:
         self.metrics.leader.set(1 if self.leading else 0)
         if not self.leading:
             self.histories.clear()  # whoever leads next starts from what it finds
+            self.metrics.pools({})
             return
         try:
             targets = [_target(d) for d in await self.kube.dispatcher_deployments(self.namespaces)]
         except ApiUnavailable as exc:
             self.metrics.errors.labels("api").inc()
             log.warning("scaler: %s; replicas left as they are", exc)
+            await self.watch(set())  # the pools endpoints name are still known
             return
         live = {t.key for t in targets}
         for key in set(self.histories) - live:
@@ -415,6 +450,18 @@ class Scaler:
                 continue
             self.metrics.available.labels(pool).set(1)
             await self._scale(target, work)
+        await self.watch(set(by_pool))
+
+    async def watch(self, scaled: set[str]) -> None:
+        """Measure what waits in every pool: ``scaled`` (those with a dispatcher Deployment)
+        and every pool a registered endpoint names, served or not."""
+        try:
+            named = {ep.pool for ep in (await self.store.registry.all()).values()}
+            waiting = {pool: await self.store.figures.waiting(pool) for pool in scaled | named}
+        except StoreUnavailable as exc:
+            log.warning("scaler: the pools' waiting entries cannot be measured: %s", exc)
+            waiting = {}
+        self.metrics.pools(waiting)
 
     async def measure(self, pool: str) -> Work:
         backlog = await self.store.figures.backlog(pool)

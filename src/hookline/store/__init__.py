@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from hookline.config import Config
 from hookline.store.connection import Connection, redis_client
 from hookline.store.deadletters import DeadLetter, DeadLetters
-from hookline.store.figures import Figures
+from hookline.store.figures import Figures, Waiting
 from hookline.store.keys import GROUP, Keys
 from hookline.store.leases import Lease, Leases, ReaperLease, ScalerLease
 from hookline.store.queue import Queue, Settled
@@ -50,6 +50,7 @@ __all__ = [
     "Settled",
     "Store",
     "Subscriptions",
+    "Waiting",
     "redis_client",
 ]
 

@@ -7,11 +7,29 @@ the operator's status and scaler, the dispatcher's gates and the tests read them
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from hookline.store.connection import Connection, text
 from hookline.store.keys import GROUP
 from hookline.store.queue import now_ms
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How long entries have waited in a pool's stream, in seconds (0: none waits).
+
+    ``oldest`` is the oldest entry still in the stream, read or not: settled entries
+    leave the stream, so it is the oldest webhook no dispatcher has finished with.
+    ``unread`` is the oldest entry the pool's consumer group has not handed to any
+    dispatcher yet (every entry when no dispatcher ever created the group). Stream ids
+    are the time Redis added the entry (a retry is added again when it falls due)."""
+
+    oldest: float
+    unread: float
 
 
 class Figures:
@@ -56,6 +74,34 @@ class Figures:
                 pipe.zcard(zkey)
                 stream_len, due, scheduled = await pipe.execute()
         return {"stream": stream_len, "retry_due": due, "retry_scheduled": scheduled}
+
+    async def waiting(self, pool: str, now: float | None = None) -> Waiting:
+        """The ages of the oldest and the oldest unread entry of the pool's stream."""
+        stream = self.keys.stream(pool)
+        redis = self.conn.redis
+        at = time.time() if now is None else now
+        with self.conn.errors("figures"):
+            first = await redis.xrange(stream, count=1)
+            if not first:
+                return Waiting(0.0, 0.0)
+            try:
+                groups = await redis.xinfo_groups(stream)
+            except ResponseError as exc:  # the stream went away in between
+                if "no such key" not in str(exc).lower():
+                    raise
+                return Waiting(0.0, 0.0)
+            read = next(
+                (text(g["last-delivered-id"]) for g in groups if text(g["name"]) == GROUP), "0-0"
+            )
+            unread = await redis.xrange(stream, min=f"({read}", count=1)
+
+        def age(entries: list[Any]) -> float:
+            if not entries:
+                return 0.0
+            added_ms = int(text(entries[0][0]).partition("-")[0])
+            return max(0.0, at - added_ms / 1000)
+
+        return Waiting(age(first), age(unread))
 
     async def group(self, pool: str) -> dict[str, int | None]:
         """The dispatchers' consumer group as XINFO GROUPS reports it: ``lag`` (entries not
