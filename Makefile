@@ -35,8 +35,10 @@ image: system-deps
 	tools/build.sh jaeger
 	$(SUDO) tools/image.sh
 
-## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: traces over OTLP, docs/tracing.md)
+## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: and a Jaeger to trace
+## into, its UI at 127.0.0.1:16686 when HOOKLINE_JAEGER_UI names a built one; docs/tracing.md)
 dev: deps
+	$(if $(TRACING),tools/build.sh jaeger)
 	$(BIN)/hookline dev $(if $(TRACING),--tracing)
 
 lint: deps
