@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: dev test test-fast bench lint typecheck tools image deps system-deps clean
+.PHONY: dev test test-fast test-ui screenshot bench lint typecheck tools image deps system-deps \
+        browser-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ system-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
 
 deps: system-deps $(STAMP)
+
+## the browser tier's browser: Debian's chromium (Playwright drives it, never one it downloads)
+browser-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 ## the real peers the tests start (kube-apiserver, etcd, kubectl, helm, jaeger, fake-gcs-server)
 tools:
@@ -52,6 +58,17 @@ typecheck: deps
 ## every test tier, against real peers
 test: deps tools image lint typecheck
 	$(BIN)/pytest
+
+## the browser tier, not in `make test`: the Jaeger UI in headless Chromium. It needs
+## HOOKLINE_JAEGER_UI, a Jaeger UI built outside this repository (tools/README.md), and fails
+## without it. The page's screenshot goes to var/jaeger-trace.png.
+test-ui: deps browser-deps
+	tools/build.sh jaeger
+	HOOKLINE_SCREENSHOT=$${HOOKLINE_SCREENSHOT:-var/jaeger-trace.png} $(BIN)/pytest -m ui tests/browser
+
+## docs/jaeger-trace.png, the screenshot docs/tracing.md shows: the browser tier, written there
+screenshot:
+	$(MAKE) test-ui HOOKLINE_SCREENSHOT=docs/jaeger-trace.png
 
 ## the unit tier alone: hookline's pure code, no Redis, no Go-built peers, no network (seconds)
 test-fast: deps
