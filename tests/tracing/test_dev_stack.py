@@ -122,9 +122,13 @@ async def dev_stack(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[
     try:
         yield stack
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if proc.returncode is None:  # the test failed: Ctrl-C, then kill
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         for pid in stack.jaeger_processes():  # left behind only if the stack was killed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
