@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: dev test test-fast bench lint typecheck tools image deps system-deps clean
+.PHONY: dev test test-fast test-ui screenshot bench lint typecheck tools image deps system-deps \
+        browser-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ system-deps:
 
 deps: system-deps $(STAMP)
 
+## the browser tier's browser: Debian's chromium (Playwright drives it, never one it downloads)
+browser-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 ## the real peers the tests start (kube-apiserver, etcd, kubectl, helm, jaeger, fake-gcs-server, promtool, the node tier's)
 tools:
 	tools/build.sh
@@ -35,8 +41,10 @@ image: system-deps
 	tools/build.sh jaeger
 	$(SUDO) tools/image.sh
 
-## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: traces over OTLP, docs/tracing.md)
+## the local stack: redis, receiver, dispatcher and a demo sink (TRACING=1: and a Jaeger to trace
+## into, its UI at 127.0.0.1:16686 when HOOKLINE_JAEGER_UI names a built one; docs/tracing.md)
 dev: deps
+	$(if $(TRACING),tools/build.sh jaeger)
 	$(BIN)/hookline dev $(if $(TRACING),--tracing)
 
 lint: deps
@@ -50,6 +58,17 @@ typecheck: deps
 ## every test tier, against real peers
 test: deps tools image lint typecheck
 	$(BIN)/pytest
+
+## the browser tier, not in `make test`: the Jaeger UI in headless Chromium. It needs
+## HOOKLINE_JAEGER_UI, a Jaeger UI built outside this repository (tools/README.md), and fails
+## without it. The page's screenshot goes to var/jaeger-trace.png.
+test-ui: deps browser-deps
+	tools/build.sh jaeger
+	HOOKLINE_SCREENSHOT=$${HOOKLINE_SCREENSHOT:-var/jaeger-trace.png} $(BIN)/pytest -m ui tests/browser
+
+## docs/jaeger-trace.png, the screenshot docs/tracing.md shows: the browser tier, written there
+screenshot:
+	$(MAKE) test-ui HOOKLINE_SCREENSHOT=docs/jaeger-trace.png
 
 ## the unit tier alone: hookline's pure code, no Redis, no Go-built peers, no network (seconds)
 test-fast: deps

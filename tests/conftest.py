@@ -11,6 +11,16 @@ from tests.peers import Endpoint, GcsServer, RedisServer
 from tests.stack import Stack, stack_config
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say it when the browser tier is left out, as it is by default (pyproject's addopts)."""
+    if config.getoption("markexpr", "").strip() != "not ui":
+        return None
+    return (
+        "browser tier (tests/browser, marker ui) not in this run: it needs a built Jaeger UI; "
+        "make test-ui HOOKLINE_JAEGER_UI=... runs it (README, tools/README.md)"
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests keep apart by key prefix."""

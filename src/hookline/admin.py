@@ -15,12 +15,16 @@ from pathlib import Path
 
 import aiohttp
 
+from hookline import spans, telemetry
 from hookline.config import Config
 from hookline.dispatcher.policy import circuit_open
 from hookline.store import DeadLetter, Store
 
 
-async def send(args: argparse.Namespace) -> int:
+async def send(config: Config, args: argparse.Namespace) -> int:
+    """Post one webhook. With tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT`` set, as ``make
+    dev TRACING=1`` prints it) the request is a CLIENT span of service ``hookline-send``
+    that starts the webhook's trace, as an instrumented sender's would."""
     headers = {"X-WH-Endpoint-Key": args.key, "Content-Type": args.content_type}
     for h in args.header or []:
         name, _, value = h.partition(":")
@@ -28,12 +32,15 @@ async def send(args: argparse.Namespace) -> int:
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
     data = await asyncio.to_thread(Path(args.file).read_bytes) if args.file else args.data.encode()
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            args.url.rstrip("/") + "/webhooks/send", data=data, headers=headers
-        ) as resp:
-            print(resp.status, await resp.text())
-            return 0 if resp.status < 300 else 1
+    tracing = telemetry.setup(config, telemetry.SENDER, install_global=False)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = args.url.rstrip("/") + "/webhooks/send"
+            async with spans.post(tracing, session, url, data=data, headers=headers) as resp:
+                print(resp.status, await resp.text())
+                return 0 if resp.status < 300 else 1
+    finally:
+        await tracing.close()
 
 
 async def dlq(config: Config, args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """The ``hookline`` command: the parser, and which function each subcommand runs.
 
     hookline receiver | dispatcher | operator   run a component (configured by HOOKLINE_*)
-    hookline dev [--endpoints DIR]              the local stack: redis, receiver, dispatcher, sink
+    hookline dev [--endpoints DIR] [--tracing]  the local stack: redis, receiver, dispatcher, sink
+                                                (and Jaeger, with --tracing)
     hookline sink [--port N]                    a demo endpoint that checks signatures
     hookline send --key KEY [--data ...]        post a test webhook
     hookline dlq list | show ID | replay ...    the dead letter
@@ -38,8 +39,13 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--tracing",
         action="store_true",
-        help="trace every webhook (OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318)",
+        help="trace every webhook into a Jaeger of the stack's own "
+        "(or to OTEL_EXPORTER_OTLP_ENDPOINT when set)",
     )
+    dev.add_argument(
+        "--jaeger-port", type=int, default=16686, help="that Jaeger's UI and API (gRPC API: N-1)"
+    )
+    dev.add_argument("--otlp-port", type=int, default=4318, help="its OTLP/HTTP (OTLP/gRPC: N-1)")
     sink = sub.add_parser(
         "sink", help="a demo endpoint that prints each webhook, its signature checked"
     )
@@ -96,12 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if args.tracing:
                     config = dataclasses.replace(config, tracing="on")
-                run(lambda stop: stack.run(config, stop, args.endpoints, args.sink_port))
+                run(
+                    lambda stop: stack.run(
+                        config,
+                        stop,
+                        args.endpoints,
+                        args.sink_port,
+                        args.jaeger_port,
+                        args.otlp_port,
+                    )
+                )
         else:
             from hookline import admin
 
             if args.command == "send":
-                return int(run(lambda _stop: admin.send(args)))
+                return int(run(lambda _stop: admin.send(config, args)))
             if args.command == "dlq":
                 return int(run(lambda _stop: admin.dlq(config, args)))
             return int(run(lambda _stop: admin.endpoints(config, args.attempts)))

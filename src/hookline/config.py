@@ -133,9 +133,18 @@ class Config:
         "'on', 'off' or 'auto' (on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set)",
     )
 
-    # the demo sink (`hookline sink`)
+    # the demo sink (`hookline sink`) and the local stack (`hookline dev`)
     sink_secret: str = _setting(
         "", "the whsec_ signing secret `hookline sink` checks signatures with (empty: none)"
+    )
+    jaeger_binary: str = _setting(
+        ".cache/bin/jaeger",
+        "the Jaeger `hookline dev --tracing` runs (`make dev TRACING=1` builds it)",
+    )
+    jaeger_ui: str = _setting(
+        "",
+        "a built Jaeger UI (jaeger-ui's packages/jaeger-ui/build) for that Jaeger to serve "
+        "(empty: its API only; tools/README.md)",
     )
 
     # operator

@@ -1,9 +1,10 @@
 """Tracing's configuration: the standard ``OTEL_*`` variables, read once at start.
 
-Called by the entry points (``hookline receiver | dispatcher | dev``, in
+Called by the entry points (``hookline receiver | dispatcher | dev | send``, in
 :mod:`hookline.cli`): :func:`setup` builds each component's
 :class:`~hookline.tracing.Tracing` under its service name (:data:`RECEIVER`,
-:data:`DISPATCHER`), and :func:`describe_export` says where its spans go.
+:data:`DISPATCHER`; :data:`SENDER` and :data:`SINK` for the local tools), and
+:func:`describe_export` says where its spans go.
 
 * **On or off**: on with ``HOOKLINE_TRACING=on``, or with ``auto`` (the default)
   when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 RECEIVER: Final = "hookline-receiver"
 DISPATCHER: Final = "hookline-dispatcher"
+SENDER: Final = "hookline-send"  # `hookline send`, a traced sender
+SINK: Final = "hookline-sink"  # the demo sink, a traced endpoint
 
 _ENDPOINT_VARS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
@@ -58,8 +61,13 @@ def enabled(config: Config, environ: Mapping[str, str]) -> bool:
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return False
     if config.tracing == "auto":
-        return any(environ.get(name) for name in _ENDPOINT_VARS)
+        return endpoint_set(environ)
     return config.tracing == "on"
+
+
+def endpoint_set(environ: Mapping[str, str]) -> bool:
+    """Whether the environment names where spans go (``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``)."""
+    return any(environ.get(name) for name in _ENDPOINT_VARS)
 
 
 def setup(

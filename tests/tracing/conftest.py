@@ -25,8 +25,8 @@ SENDER = "webhook-sender"
 
 @pytest.fixture(scope="session")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
-    server = JaegerServer(tmp_path_factory.mktemp("jaeger"))
     try:
+        server = JaegerServer(tmp_path_factory.mktemp("jaeger"))
         server.start()
     except JaegerFailed as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -6,11 +6,16 @@ gRPC and HTTP, the legacy agent's UDP port for compact Thrift, which the
 ``jaeger-client`` library reports to, and the query API), in-memory storage,
 no self-tracing and no metrics listener. Traces are read back through the HTTP
 API the Jaeger UI uses: ``/api/traces/{id}`` and ``/api/traces?service=``.
+
+With ``HOOKLINE_JAEGER_UI`` naming a built Jaeger UI (tools/README.md), Jaeger serves
+it (``jaeger_query``'s ``ui.assets_path``) at :attr:`JaegerServer.base`; the browser
+tier (tests/browser) needs it, the API does not.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -19,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hookline.local.jaeger import ui_problem
 from tests.peers import free_port, tool_binary
 
 CONFIG = """\
@@ -49,7 +55,7 @@ extensions:
       endpoint: 127.0.0.1:{query_http}
     grpc:
       endpoint: 127.0.0.1:{query_grpc}
-
+{ui}
 receivers:
   otlp:
     protocols:
@@ -102,12 +108,31 @@ def _udp_bound(port: int) -> bool:
     return False
 
 
+def ui_assets(required: bool = False) -> str:
+    """The built Jaeger UI that ``HOOKLINE_JAEGER_UI`` names ("" when unset and not
+    ``required``); a wrong folder, or none when ``required``, is a :class:`JaegerFailed`."""
+    assets = os.environ.get("HOOKLINE_JAEGER_UI", "")
+    if assets or required:
+        problem = ui_problem(assets)
+        if problem:
+            raise JaegerFailed(problem)
+    return assets
+
+
 class JaegerServer:
     """``metrics``: also serve Jaeger's own Prometheus metrics (for :meth:`accepted_spans`);
-    ``wrap``: a command the binary runs under (``taskset -c 1`` in the benchmark)."""
+    ``wrap``: a command the binary runs under (``taskset -c 1`` in the benchmark);
+    ``ui``: a built Jaeger UI to serve (default: ``HOOKLINE_JAEGER_UI``, if set)."""
 
-    def __init__(self, folder: Path, metrics: bool = False, wrap: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        metrics: bool = False,
+        wrap: tuple[str, ...] = (),
+        ui: str | None = None,
+    ) -> None:
         self.exe = tool_binary("jaeger")
+        self.ui_assets = ui_assets() if ui is None else ui
         self.folder = folder
         self.wrap = wrap
         self.metrics_port = free_port() if metrics else 0
@@ -134,14 +159,23 @@ class JaegerServer:
         return self.ports["agent_compact"]
 
     @property
+    def base(self) -> str:
+        """The UI's address (a placeholder page without :attr:`ui_assets`)."""
+        return f"http://127.0.0.1:{self.ports['query_http']}"
+
+    @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.ports['query_http']}/api"
+        return f"{self.base}/api"
 
     def start(self, seconds: float = 30.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "jaeger.yaml"
         metrics = _METRICS.format(port=self.metrics_port) if self.metrics_port else _NO_METRICS
-        config.write_text(CONFIG.format(metrics=metrics, **self.ports))
+        ui = ""
+        if self.ui_assets:
+            assets = json.dumps(str(Path(self.ui_assets).resolve()))
+            ui = f"    ui:\n      assets_path: {assets}\n"
+        config.write_text(CONFIG.format(metrics=metrics, ui=ui, **self.ports))
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [*self.wrap, self.exe, "--config", f"file:{config}"],

@@ -3,7 +3,9 @@
 It verifies each delivery's Standard Webhooks signature with the endpoint's
 secret and prints one line per webhook, so ``make dev`` shows the whole path;
 ``hookline sink`` runs it alone (in a cluster: a first endpoint to try hookline
-with, docs/kubernetes.md).
+with, docs/kubernetes.md). With tracing on (``make dev TRACING=1``) it continues
+each delivery's trace with a SERVER span of its own, as an instrumented endpoint
+would, and tells the local stack which trace a delivery belongs to.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import base64
 import hashlib
 import hmac
 import sys
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from aiohttp import web
 
+from hookline import spans
 from hookline.signing import secret_bytes
+from hookline.tracing import OFF, Tracing
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -27,12 +32,28 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 
 def create_sink(
-    secrets: dict[str, str], out: TextIO = sys.stdout, fallback: str | None = None
+    secrets: dict[str, str],
+    out: TextIO = sys.stdout,
+    fallback: str | None = None,
+    tracing: Tracing = OFF,
+    on_delivery: Callable[[Mapping[str, str]], None] | None = None,
 ) -> web.Application:
     """``secrets`` maps a path (``/hooks/demo``) to its endpoint's signing secret;
-    ``fallback`` is the secret of every other path."""
+    ``fallback`` is the secret of every other path. ``on_delivery`` is called with
+    each delivery's headers (lower-case names)."""
 
     async def receive(request: web.Request) -> web.Response:
+        if not tracing.enabled:
+            response = await show(request)
+        else:
+            with spans.server(tracing, request, request.path) as span:
+                response = await show(request)
+                spans.answered(span, response.status)
+        if on_delivery is not None:
+            on_delivery({k.lower(): v for k, v in request.headers.items()})
+        return response
+
+    async def show(request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         secret = secrets.get(request.path, fallback)

@@ -4,14 +4,23 @@ Starts a private ``redis-server`` (AOF on, data in ``var/redis``) unless one ans
 at ``HOOKLINE_REDIS_URL``, loads the endpoint manifests of a folder into the
 registry, and runs the receiver, a dispatcher and the demo sink in one process
 until Ctrl-C. It prints a ``curl`` line that sends a first webhook.
+
+With ``--tracing`` and no ``OTEL_EXPORTER_OTLP_ENDPOINT`` of the user's, it also
+runs a Jaeger on loopback (:mod:`hookline.local.jaeger`; data in ``var/jaeger``),
+traces into it (receiver, dispatcher, and the sink as a traced endpoint), prints a
+``hookline send`` line that traces from the sender on, and once the first webhook
+is delivered and its trace is in Jaeger, the link that opens that trace in the UI.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,9 +29,13 @@ from hookline import dispatcher, outbound, receiver, telemetry
 from hookline.config import Config
 from hookline.errors import HooklineError, StoreUnavailable
 from hookline.http import serve
+from hookline.local.jaeger import LocalJaeger, delivered, trace_id_of
 from hookline.local.manifests import load_endpoints
 from hookline.local.sink import create_sink
 from hookline.store import Store
+
+JAEGER_PORT = 16686  # Jaeger's own defaults: the UI and its API, and OTLP/HTTP
+OTLP_PORT = 4318
 
 
 async def _redis_answers(config: Config) -> bool:
@@ -70,7 +83,14 @@ def dev_config(config: Config) -> Config:
     return replace(config, allow_cidrs=outbound.LOOPBACK)
 
 
-async def run(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port: int) -> None:
+async def run(
+    config: Config,
+    stop: asyncio.Event,
+    endpoints_dir: str,
+    sink_port: int,
+    jaeger_port: int = JAEGER_PORT,
+    otlp_port: int = OTLP_PORT,
+) -> None:
     config = dev_config(config)
     redis_proc = None
     if not await _redis_answers(config):
@@ -83,12 +103,59 @@ async def run(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port
             raise HooklineError(f"redis-server did not start at {config.redis_url}")
         print(f"started redis-server at {config.redis_url} (data in var/redis)")
     store = Store.connect(config)
+    jaeger: LocalJaeger | None = None
+    try:
+        if telemetry.enabled(config, os.environ) and not telemetry.endpoint_set(os.environ):
+            jaeger = LocalJaeger(
+                config.jaeger_binary, Path("var/jaeger"), jaeger_port, otlp_port, config.jaeger_ui
+            )
+            await _start_jaeger(jaeger)
+        await _serve(config, stop, store, endpoints_dir, sink_port, jaeger)
+    finally:
+        if jaeger is not None:
+            await jaeger.aclose()
+        await store.aclose()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+
+
+async def _start_jaeger(jaeger: LocalJaeger) -> None:
+    """Start the stack's Jaeger and point the components' OTLP export at it. The
+    components read ``OTEL_*`` when they start, as they would in their own processes;
+    a short batch delay puts a webhook's spans in Jaeger within a second."""
+    protocol, _ = telemetry.export_target(os.environ)
+    if await jaeger.start():
+        where = f"log in {jaeger.log}"
+        ui = (
+            "the UI from " + jaeger.assets
+            if jaeger.assets
+            else "its API only: HOOKLINE_JAEGER_UI names a built UI (tools/README.md)"
+        )
+        print(f"started jaeger at {jaeger.base} ({ui}; {where})")
+    else:
+        print(f"tracing into the Jaeger that answers at {jaeger.base}")
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp(protocol)
+    os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+
+
+async def _serve(
+    config: Config,
+    stop: asyncio.Event,
+    store: Store,
+    endpoints_dir: str,
+    sink_port: int,
+    jaeger: LocalJaeger | None,
+) -> None:
     loaded = load_endpoints(endpoints_dir, config)
     for item in loaded:
         await store.registry.put(item.endpoint)
     sink_secrets = {urlsplit(i.endpoint.url).path: i.signing_secret for i in loaded}
+    sink_tracing = telemetry.setup(config, telemetry.SINK, install_global=False)
+    first = _FirstTrace(jaeger, sink_tracing.enabled)
+    sink_app = create_sink(sink_secrets, tracing=sink_tracing, on_delivery=first.delivered)
     tasks = [
-        asyncio.create_task(serve(create_sink(sink_secrets), "127.0.0.1", sink_port, stop)),
+        asyncio.create_task(serve(sink_app, "127.0.0.1", sink_port, stop)),
         asyncio.create_task(receiver.run(config, stop)),
         asyncio.create_task(dispatcher.run(config, stop)),
     ]
@@ -103,19 +170,72 @@ async def run(config: Config, stop: asyncio.Event, endpoints_dir: str, sink_port
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
     if loaded:
+        data = '{"type":"demo","hello":"world"}'
         print(
             "\nSend one:\n  curl -i -X POST " + base + "/webhooks/send "
             f"-H 'X-WH-Endpoint-Key: {loaded[0].key}' -H 'Content-Type: application/json' "
-            '-d \'{"type":"demo","hello":"world"}\'\n',
+            f"-d {shlex.quote(data)}",
             flush=True,
         )
+        if jaeger is not None:
+            otlp = shlex.quote(os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+            print(
+                "or, traced from the sender on:\n"
+                f"  OTEL_EXPORTER_OTLP_ENDPOINT={otlp} {_hookline()} send --url {base} "
+                f"--key {shlex.quote(loaded[0].key)} --data {shlex.quote(data)}",
+                flush=True,
+            )
+        print(flush=True)
     try:
         await asyncio.gather(*tasks)
     finally:
-        await store.aclose()
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(10)
+        await first.aclose()
+        await sink_tracing.close()
+
+
+class _FirstTrace:
+    """Prints the Jaeger link of the first delivery's trace, once Jaeger holds it."""
+
+    def __init__(self, jaeger: LocalJaeger | None, sink_traced: bool) -> None:
+        self.jaeger = jaeger
+        services = (telemetry.RECEIVER, telemetry.DISPATCHER)
+        self.services = (*services, telemetry.SINK) if sink_traced else services
+        self.task: asyncio.Task[None] | None = None
+
+    def delivered(self, headers: Mapping[str, str]) -> None:
+        if self.jaeger is None or self.task is not None:
+            return
+        trace_id = trace_id_of(headers.get("traceparent", ""))
+        if trace_id is not None:
+            self.task = asyncio.create_task(self._show(self.jaeger, trace_id))
+
+    async def _show(self, jaeger: LocalJaeger, trace_id: str) -> None:
+        found = await jaeger.wait_for_trace(trace_id, lambda t: delivered(t, self.services))
+        lines = [f"\nfirst webhook delivered; its trace: {jaeger.base}/trace/{trace_id}"]
+        if found is None:
+            lines.append("  (Jaeger did not have all its spans within 15 s: reload the page)")
+        if jaeger.proc is not None and not jaeger.assets:
+            lines.append(
+                "  the UI page needs HOOKLINE_JAEGER_UI (a built Jaeger UI, tools/README.md); "
+                f"the API has it: {jaeger.base}/api/traces/{trace_id}"
+            )
+        print("\n".join(lines) + "\n", flush=True)
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _hookline() -> str:
+    """How to run ``hookline`` from here: the virtualenv's script, relative when inside."""
+    script = Path(sys.executable).parent / "hookline"
+    if not script.exists():
+        return "hookline"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 async def sink(config: Config, stop: asyncio.Event, port: int) -> None:
