@@ -1,7 +1,9 @@
-"""What can be read about the pipeline: per-endpoint figures and health, pools' backlogs.
+"""What can be read about the pipeline: per-endpoint and per-source figures, endpoints'
+health, pools' backlogs.
 
-The settle scripts of :mod:`hookline.store.queue` write them; ``hookline endpoints``,
-the operator's status and scaler, the dispatcher's gates and the tests read them here.
+The enqueue and settle scripts of :mod:`hookline.store.queue` write them; ``hookline
+endpoints``, the operator's status and scaler, the dispatcher's gates and the tests read
+them here.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class Figures:
         with self.conn.errors("figures"):
             raw = await self.conn.redis.hgetall(self.keys.stats(endpoint_id))  # type: ignore[misc]
         return {text(k): text(v) for k, v in raw.items()}
+
+    SOURCE_FIGURES = ("events", "unmatched", "deliveries", "delivered", "failed", "dead")
+
+    async def source_stats(self, source_id: str) -> dict[str, int]:
+        """A source's counters (:data:`SOURCE_FIGURES`; 0 for those never counted): events
+        accepted, those no endpoint took (``unmatched``), deliveries queued for them, and
+        their outcomes — delivered, failed attempts, dead-lettered."""
+        with self.conn.errors("figures"):
+            raw = await self.conn.redis.hgetall(self.keys.source_stats(source_id))  # type: ignore[misc]
+        stored = {text(k): int(v) for k, v in raw.items()}
+        return {name: stored.get(name, 0) for name in self.SOURCE_FIGURES}
 
     async def health(self, endpoint_ids: list[str]) -> dict[str, tuple[int, float]]:
         """(failure streak, circuit open until) of each endpoint, for dispatchers whose
