@@ -178,14 +178,10 @@ class ControlPlane:
         self.ca = certs / "apiserver.crt"
 
     def install_crd(self, crd: Path) -> None:
-        """``kubectl apply`` the WebhookEndpoint CRD and wait until it is Established."""
+        """``kubectl apply`` the CRDs of a file or folder (``crds/``: WebhookEndpoint and
+        WebhookSource) and wait until each is Established."""
         self.kubectl("apply", "-f", str(crd))
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/webhookendpoints.hookline.dev",
-        )
+        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(crd))
 
     def _write_kubeconfig(self) -> None:
         self.kubeconfig.write_text(self.kubeconfig_for(self.token))

@@ -1,4 +1,4 @@
-"""Fixtures of the Kubernetes tier: one control plane per session with the CRD installed,
+"""Fixtures of the Kubernetes tier: one control plane per session with the CRDs installed,
 a namespace and a ``hookline operator`` process per test."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hookline.store import Queue, Registry, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.peers import REPO
 
-CRD = REPO / "crds" / "webhookendpoints.yaml"
+CRD = REPO / "crds"  # WebhookEndpoint and WebhookSource
 INTERVAL = 1.0  # the operator's timer in tests: drift repaired and figures within a second
 
 

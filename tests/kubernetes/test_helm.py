@@ -49,7 +49,7 @@ from tests.peers import REPO, tool_binary
 
 CHART = REPO / "helm" / "hookline"
 EVERYTHING = CHART / "ci" / "everything-values.yaml"
-CRD = REPO / "crds" / "webhookendpoints.yaml"
+CRDS_DIR = REPO / "crds"
 # The helm that tools/ builds carries no Kubernetes version of its own, so offline renders
 # would assume v1.20; they use the version the test control plane runs.
 KUBE_VERSION = re.search(
@@ -137,14 +137,18 @@ def pod_environment(deployment: dict[str, Any], docs: list[dict[str, Any]]) -> d
 # -- offline
 
 
-def test_chart_crd_is_the_repository_crd() -> None:
-    """Helm installs crds/ of the chart; it must be the very file the operator was built for."""
+def test_chart_crds_are_the_repository_crds() -> None:
+    """Helm installs crds/ of the chart; they must be the very files the operator was built
+    for (WebhookEndpoint and WebhookSource)."""
     assert (CHART / "crds").is_dir()
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
-    assert (CHART / "crds" / CRD.name).read_bytes() == CRD.read_bytes(), (
-        "helm/hookline/crds/webhookendpoints.yaml differs from crds/webhookendpoints.yaml: "
-        "copy it again (cp crds/webhookendpoints.yaml helm/hookline/crds/)"
-    )
+    names = sorted(p.name for p in CRDS_DIR.iterdir())
+    assert names == ["webhookendpoints.yaml", "webhooksources.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == names
+    for name in names:
+        assert (CHART / "crds" / name).read_bytes() == (CRDS_DIR / name).read_bytes(), (
+            f"helm/hookline/crds/{name} differs from crds/{name}: copy it again "
+            "(cp crds/*.yaml helm/hookline/crds/)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -501,10 +505,9 @@ def _write(path: Path, docs: list[dict[str, Any]]) -> Path:
 
 def test_install_creates_the_crd_and_every_object(installed: Installed, tmp_path: Path) -> None:
     plane = installed.plane
-    crd = json.loads(
-        plane.kubectl("get", "crd", "webhookendpoints.hookline.dev", "-o", "json").stdout
-    )
-    assert condition(crd["status"], "Established")["status"] == "True"
+    for name in (WHE, WHS):
+        crd = json.loads(plane.kubectl("get", "crd", name, "-o", "json").stdout)
+        assert condition(crd["status"], "Established")["status"] == "True", name
     # Helm keeps CRDs out of the release: they are the chart's crds/ (never upgraded or
     # deleted by Helm).
     assert all(
@@ -602,6 +605,7 @@ def check_rbac(
 
 
 WHE = "webhookendpoints.hookline.dev"
+WHS = "webhooksources.hookline.dev"
 CRDS = "customresourcedefinitions.apiextensions.k8s.io"
 
 
@@ -613,10 +617,16 @@ def needs(
     return [
         ("list", CRDS, None),
         ("watch", CRDS, None),
-        ("list", WHE, where),
-        ("watch", WHE, where),
-        ("patch", WHE, where),
-        ("patch", f"{WHE}:status", where),
+        *[
+            (verb, what, where)
+            for kind in (WHE, WHS)
+            for verb, what in (
+                ("list", kind),
+                ("watch", kind),
+                ("patch", kind),
+                ("patch", f"{kind}:status"),
+            )
+        ],
         ("get", "secrets", where),
         ("list", "secrets", where),
         ("watch", "secrets", where),
@@ -646,9 +656,7 @@ def never(where: str | None, release_ns: str) -> list[tuple[str, str, str | None
         ("patch", "deployments.apps/scoped-hookline-receiver:scale", release_ns),
         ("patch", "deployments.apps:scale", "kube-system"),
         ("patch", "deployments.apps:scale", release_ns),
-        ("delete", WHE, where),
-        ("create", WHE, where),
-        ("update", WHE, where),
+        *[(verb, kind, where) for kind in (WHE, WHS) for verb in ("delete", "create", "update")],
         ("delete", "secrets", where),
         ("update", "secrets", where),
         ("get", "configmaps", release_ns),
@@ -690,6 +698,7 @@ def test_namespaced_operator_may_do_what_it_needs_there_and_no_more(installed: I
             ("get", "secrets"),
             ("list", "secrets"),
             ("list", WHE),
+            ("list", WHS),
             ("create", "events"),
             ("list", "deployments.apps"),
         )
@@ -714,6 +723,7 @@ def test_receiver_and_dispatchers_have_no_api_access(installed: Installed) -> No
         [
             ("get", "secrets", NS),
             ("list", WHE, None),
+            ("list", WHS, None),
             ("get", "deployments.apps", NS),
             ("list", "configmaps", NS),
         ],
