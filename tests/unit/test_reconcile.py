@@ -1,5 +1,6 @@
-"""The Reconciler (hookline.operator.reconcile) resolving an endpoint's Secrets, with an
-in-memory Kube and no Redis.
+"""The Reconciler (hookline.operator.reconcile) resolving the Secrets of endpoints and
+sources, and telling which subscriptions went out of date, with an in-memory Kube and no
+Redis.
 
 The Reconciler takes its Kubernetes calls as a :class:`Kube`; ``MemoryKube`` below answers
 the two it makes for Secrets from a dict. Its Registry and Figures are the real ones with a
@@ -24,8 +25,15 @@ from redis.backoff import NoBackoff
 from hookline.config import Config
 from hookline.errors import ApiUnavailable, StoreUnavailable
 from hookline.operator import status as st
+from hookline.operator.kinds import SOURCES
 from hookline.operator.kube import Kube, OwnedSecret
-from hookline.operator.reconcile import Reconciler, Resource
+from hookline.operator.reconcile import (
+    Links,
+    Reconciler,
+    Resource,
+    source_entry,
+    subscription_entry,
+)
 from hookline.signing import new_secret, secret_bytes
 from hookline.store import Store
 
@@ -233,3 +241,114 @@ async def test_a_reconciliation_that_finds_nothing_new_patches_nothing(
     again = await reconciler.reconcile(endpoint({"url": URL}, status=first.status))
     assert again.status == {}
     assert ready(first.status)["lastTransitionTime"] == "2023-11-14T22:13:20Z"
+
+
+# -- sources and subscriptions
+
+
+def source(spec: dict[str, Any], status: dict[str, Any] | None = None) -> Resource:
+    """shop/feed, a WebhookSource, as kopf hands it to the handlers."""
+    meta = {"name": "feed", "namespace": "shop", "uid": "uid-s", "generation": 2}
+    return Resource.from_body({"metadata": meta, "spec": spec, "status": status or {}}, SOURCES)
+
+
+def ready_status(reason: str) -> dict[str, Any]:
+    ok = reason == st.REGISTERED
+    return {"conditions": st.conditions([], [st.Condition(st.READY, ok, reason, "")], 1, T0)}
+
+
+async def test_a_source_gets_a_key_secret_owned_by_it_and_no_signing_secret(
+    reconciler: Reconciler, kube: MemoryKube
+) -> None:
+    result = await reconciler.reconcile(source({}))
+    assert result.changes == ["Secret feed-key generated"]
+    assert set(kube.secrets) == {("shop", "feed-key")}
+    assert kube.secrets[("shop", "feed-key")]["key"]
+    owner = kube.owners[("shop", "feed-key")]
+    assert (owner["apiVersion"], owner["kind"], owner["name"], owner["uid"]) == (
+        "hookline.dev/v1alpha1",
+        "WebhookSource",
+        "feed",
+        "uid-s",
+    )
+    assert result.status["keySecretName"] == "feed-key"
+    # past its Secret: Redis is down here; a source has no Delivering condition
+    assert [c["type"] for c in result.status["conditions"]] == ["Ready"]
+    assert ready(result.status)["reason"] == "RegistryUnavailable"
+
+
+async def test_a_source_and_an_endpoint_of_one_name_are_two_resources_sharing_their_key_secret(
+    reconciler: Reconciler, kube: MemoryKube
+) -> None:
+    """Both would generate shop/orders-key; on a cluster the second finds it generated for
+    the first and reports SecretConflict (tests/kubernetes); here both are remembered apart
+    and both are reconciled when the Secret changes."""
+    orders_source = Resource.from_body(
+        {"metadata": {"name": "orders", "namespace": "shop", "uid": "uid-s"}}, SOURCES
+    )
+    await reconciler.reconcile(endpoint({"url": URL}))
+    await reconciler.reconcile(orders_source)
+    users = reconciler.secret_seen("shop", "orders-key", {"key": "another"})
+    assert sorted(r.kind.kind for r in users) == ["WebhookEndpoint", "WebhookSource"]
+    assert [r.kind.kind for r in reconciler.secret_seen("shop", "orders-signing", None)] == [
+        "WebhookEndpoint"
+    ]
+
+
+async def test_subscribers_whose_source_appeared_or_went_are_out_of_date(
+    reconciler: Reconciler,
+) -> None:
+    waiting = endpoint({"url": URL, "source": "feed"}, ready_status(st.SOURCE_NOT_FOUND))
+    other = Resource.from_body(
+        {
+            "metadata": {"name": "audit", "namespace": "shop", "uid": "uid-2"},
+            "spec": {"url": URL, "source": "feed"},
+            "status": ready_status(st.REGISTERED),
+        }
+    )
+    direct = Resource.from_body(
+        {
+            "metadata": {"name": "direct", "namespace": "shop", "uid": "uid-3"},
+            "spec": {"url": URL},
+            "status": ready_status(st.REGISTERED),
+        }
+    )
+    broken = Resource.from_body(
+        {
+            "metadata": {"name": "broken", "namespace": "shop", "uid": "uid-4"},
+            "spec": {"url": URL, "source": "feed"},
+            "status": ready_status(st.SECRET_NOT_FOUND),
+        }
+    )
+    for res in (waiting, other, direct, broken):
+        await reconciler.reconcile(res)  # remembered with the status it came with
+    feed = {"shop/feed": ["shop/orders", "shop/audit", "shop/broken"]}
+    # The source exists: the one that still says SourceNotFound is out of date.
+    assert reconciler.out_of_date(Links({"shop/feed"}, feed)) == [waiting]
+    # It went: the one that says it is ready is out of date; not one that is not
+    # registered for another reason, nor one that subscribes to nothing.
+    assert reconciler.out_of_date(Links(set(), feed)) == [other]
+
+
+async def test_a_source_whose_subscribers_changed_is_out_of_date(reconciler: Reconciler) -> None:
+    await reconciler.reconcile(source({}, {"subscribers": 1}))
+    assert reconciler.out_of_date(Links({"shop/feed"}, {"shop/feed": ["shop/a"]})) == []
+    stale = reconciler.out_of_date(Links({"shop/feed"}, {"shop/feed": ["shop/a", "shop/b"]}))
+    assert [r.key for r in stale] == [("WebhookSource", "shop/feed")]
+    assert [r.key for r in reconciler.out_of_date(Links({"shop/feed"}))] == [
+        ("WebhookSource", "shop/feed")
+    ]
+    # the status patched: no longer out of date
+    reconciler.remember_status(source({}), {"subscribers": 0})
+    assert reconciler.out_of_date(Links({"shop/feed"})) == []
+
+
+def test_the_indexes_leave_out_what_is_being_deleted() -> None:
+    meta = {"name": "feed", "namespace": "shop"}
+    assert source_entry({"metadata": meta}) == {"shop/feed": "feed"}
+    deleting = {**meta, "deletionTimestamp": "2026-12-02T10:00:00Z"}
+    assert source_entry({"metadata": deleting}) == {}
+    sub = {"metadata": {"name": "billing", "namespace": "shop"}, "spec": {"source": "feed"}}
+    assert subscription_entry(sub) == {"shop/feed": "shop/billing"}
+    assert subscription_entry({**sub, "metadata": {**sub["metadata"], **deleting}}) == {}
+    assert subscription_entry({**sub, "spec": {"url": URL}}) == {}

@@ -1,10 +1,12 @@
-"""What a WebhookEndpoint's ``status`` says, computed from what the operator found.
+"""What the ``status`` of a WebhookEndpoint or a WebhookSource says, computed from what
+the operator found.
 
 Pure functions, called by :mod:`hookline.operator.reconcile`: conditions in the
 Kubernetes convention (``type``, ``status``, ``reason`` in CamelCase, a message,
-``lastTransitionTime`` kept while the status stays the same), the delivery
-figures from :meth:`hookline.store.figures.Figures.stats`, and :func:`changes`, the merge
-patch of only the fields that differ, so an idle endpoint is never written.
+``lastTransitionTime`` kept while the status stays the same), an endpoint's delivery
+figures from :meth:`hookline.store.figures.Figures.stats`, a source's from
+:meth:`~hookline.store.figures.Figures.source_stats`, and :func:`changes`, the merge
+patch of only the fields that differ, so an idle resource is never written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_CONFLICT = "SecretConflict"
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 API_UNAVAILABLE = "ApiUnavailable"
+SOURCE_NOT_FOUND = "SourceNotFound"  # an endpoint's spec.source names no WebhookSource
 
 # Delivering reasons
 ACTIVE = "Active"
@@ -90,6 +93,20 @@ def figures(stats: dict[str, str], pending: int) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError):
             pass  # an unreadable record is not worth failing a reconciliation for
     return out
+
+
+def source_figures(stats: dict[str, int], subscribers: int) -> dict[str, Any]:
+    """A source's status figures (``kubectl get whs``) from its stored counters and the
+    number of endpoints that subscribe to it."""
+    return {
+        "subscribers": subscribers,
+        "events": stats.get("events", 0),
+        "unmatched": stats.get("unmatched", 0),
+        "deliveries": stats.get("deliveries", 0),
+        "delivered": stats.get("delivered", 0),
+        "failed": stats.get("failed", 0),
+        "deadLettered": stats.get("dead", 0),
+    }
 
 
 def changes(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
