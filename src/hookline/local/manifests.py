@@ -1,15 +1,16 @@
-"""WebhookEndpoint manifests read from files, for the local stack (no cluster).
+"""WebhookEndpoint and WebhookSource manifests read from files, for the local stack (no
+cluster).
 
-``hookline dev`` loads ``examples/endpoints/*.yaml``: the same documents one
-would ``kubectl apply`` — ``WebhookEndpoint`` resources and the ``Secret``\\ s
-they refer to. A referenced Secret missing from the folder is generated (and
-printed), as the operator does on a cluster.
+``hookline dev`` loads ``examples/endpoints/*.yaml``: the same documents one would
+``kubectl apply`` — ``WebhookEndpoint`` and ``WebhookSource`` resources and the
+``Secret``\\ s they refer to. A referenced Secret missing from the folder is generated
+(and printed), as the operator does on a cluster.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ import yaml
 
 from hookline.config import Config
 from hookline.errors import InvalidSpec
-from hookline.models import Endpoint, SigningSecret, endpoint_from_spec
+from hookline.models import Endpoint, SigningSecret, Source, endpoint_from_spec, source_from_spec
 from hookline.signing import new_key, new_secret
 
 GROUP = "hookline.dev"
 KIND = "WebhookEndpoint"
+SOURCE_KIND = "WebhookSource"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,33 @@ class LoadedEndpoint:
     signing_secret: str
 
 
+@dataclass(frozen=True)
+class LoadedSource:
+    source: Source
+    key: str
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """What a folder of manifests declares, with every key and secret resolved."""
+
+    endpoints: list[LoadedEndpoint] = field(default_factory=list)
+    sources: list[LoadedSource] = field(default_factory=list)
+
+    def subscribers(self, source_id: str) -> list[Endpoint]:
+        return [e.endpoint for e in self.endpoints if e.endpoint.source == source_id]
+
+    def missing_sources(self) -> dict[str, str]:
+        """Endpoints whose ``spec.source`` names no source of the folder → that source
+        (on a cluster: ``Ready=False``, reason ``SourceNotFound``)."""
+        known = {s.source.id for s in self.sources}
+        return {
+            e.endpoint.id: e.endpoint.source
+            for e in self.endpoints
+            if e.endpoint.source is not None and e.endpoint.source not in known
+        }
+
+
 def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
     out = {k: str(v) for k, v in (doc.get("stringData") or {}).items()}
     for k, v in (doc.get("data") or {}).items():
@@ -38,7 +67,11 @@ def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def load_endpoints(folder: str | Path, config: Config) -> list[LoadedEndpoint]:
+def _ours(doc: dict[str, Any], kind: str) -> bool:
+    return doc.get("kind") == kind and str(doc.get("apiVersion", "")).startswith(GROUP)
+
+
+def load_manifests(folder: str | Path, config: Config) -> Manifests:
     docs: list[dict[str, Any]] = []
     for path in sorted(Path(folder).glob("*.y*ml")):
         try:
@@ -64,23 +97,30 @@ def load_endpoints(folder: str | Path, config: Config) -> list[LoadedEndpoint]:
             )
         return value
 
-    out = []
-    for doc in docs:
-        if doc.get("kind") != KIND or not str(doc.get("apiVersion", "")).startswith(GROUP):
-            continue
+    def named(doc: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
         meta = doc.get("metadata") or {}
         name = meta.get("name")
         if not name:
-            raise InvalidSpec("a WebhookEndpoint without metadata.name")
-        spec = doc.get("spec") or {}
-        key = resolve(spec.get("keySecretRef"), "key", new_key())
-        signing = resolve(spec.get("signingSecretRef"), "secret", new_secret())
-        endpoint = endpoint_from_spec(
-            f"{meta.get('namespace', 'default')}/{name}",
-            spec,
-            [key],
-            [SigningSecret(signing)],
-            config,
-        )
-        out.append(LoadedEndpoint(endpoint, key, signing))
+            raise InvalidSpec(f"a {kind} without metadata.name")
+        return f"{meta.get('namespace', 'default')}/{name}", doc.get("spec") or {}
+
+    out = Manifests()
+    for doc in docs:
+        if _ours(doc, KIND):
+            endpoint_id, spec = named(doc, KIND)
+            key = resolve(spec.get("keySecretRef"), "key", new_key())
+            signing = resolve(spec.get("signingSecretRef"), "secret", new_secret())
+            endpoint = endpoint_from_spec(
+                endpoint_id, spec, [key], [SigningSecret(signing)], config
+            )
+            out.endpoints.append(LoadedEndpoint(endpoint, key, signing))
+        elif _ours(doc, SOURCE_KIND):
+            source_id, spec = named(doc, SOURCE_KIND)
+            key = resolve(spec.get("keySecretRef"), "key", new_key())
+            out.sources.append(LoadedSource(source_from_spec(source_id, spec, [key]), key))
     return out
+
+
+def load_endpoints(folder: str | Path, config: Config) -> list[LoadedEndpoint]:
+    """The endpoints of the folder alone."""
+    return load_manifests(folder, config).endpoints

@@ -1,9 +1,10 @@
 """``hookline dev``: the whole pipeline on this machine, and ``hookline sink`` alone.
 
 Starts a private ``redis-server`` (AOF on, data in ``var/redis``) unless one answers
-at ``HOOKLINE_REDIS_URL``, loads the endpoint manifests of a folder into the
+at ``HOOKLINE_REDIS_URL``, loads the endpoint and source manifests of a folder into the
 registry, and runs the receiver, a dispatcher and the demo sink in one process
-until Ctrl-C. It prints a ``curl`` line that sends a first webhook.
+until Ctrl-C. It prints a ``curl`` line that sends a first webhook, and one that sends
+a first event to a source.
 
 With ``--tracing`` and no ``OTEL_EXPORTER_OTLP_ENDPOINT`` of the user's, it also
 runs a Jaeger on loopback (:mod:`hookline.local.jaeger`; data in ``var/jaeger``),
@@ -30,9 +31,10 @@ from hookline.config import Config
 from hookline.errors import HooklineError, StoreUnavailable
 from hookline.http import serve
 from hookline.local.jaeger import LocalJaeger, delivered, trace_id_of
-from hookline.local.manifests import load_endpoints
+from hookline.local.manifests import LoadedSource, Manifests, load_manifests
 from hookline.local.sink import create_sink
-from hookline.store import Store
+from hookline.receiver.app import EVENT_TYPE_HEADER
+from hookline.store import Store, Subscriptions
 
 JAEGER_PORT = 16686  # Jaeger's own defaults: the UI and its API, and OTLP/HTTP
 OTLP_PORT = 4318
@@ -139,6 +141,28 @@ async def _start_jaeger(jaeger: LocalJaeger) -> None:
     os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
 
 
+async def register(store: Store, folder: str | Path, config: Config) -> Manifests:
+    """Load the manifests of ``folder`` and write their endpoints and sources into the
+    registry, as the operator does on a cluster."""
+    manifests = load_manifests(folder, config)
+    for source in manifests.sources:
+        await store.registry.put_source(source.source)
+    for item in manifests.endpoints:
+        await store.registry.put(item.endpoint)
+    return manifests
+
+
+def _filters(types: tuple[str, ...]) -> str:
+    return ", ".join(types) if types else "every type"
+
+
+def _sample_type(manifests: Manifests, loaded: LoadedSource) -> str:
+    """An event type of the source's catalog that the most of its subscribers take."""
+    subscriptions = Subscriptions(manifests.subscribers(loaded.source.id))
+    types = loaded.source.event_types or ("demo",)
+    return max(types, key=lambda t: len(subscriptions.match(t)))
+
+
 async def _serve(
     config: Config,
     stop: asyncio.Event,
@@ -147,9 +171,8 @@ async def _serve(
     sink_port: int,
     jaeger: LocalJaeger | None,
 ) -> None:
-    loaded = load_endpoints(endpoints_dir, config)
-    for item in loaded:
-        await store.registry.put(item.endpoint)
+    manifests = await register(store, endpoints_dir, config)
+    loaded = manifests.endpoints
     sink_secrets = {urlsplit(i.endpoint.url).path: i.signing_secret for i in loaded}
     sink_tracing = telemetry.setup(config, telemetry.SINK, install_global=False)
     first = _FirstTrace(jaeger, sink_tracing.enabled)
@@ -163,12 +186,22 @@ async def _serve(
     base = f"http://127.0.0.1:{config.receiver_port}"
     print(
         f"\nhookline dev: receiver {base}, dispatcher probes :{config.dispatcher_port}, "
-        f"sink :{sink_port}, {len(loaded)} endpoint(s) from {endpoints_dir}"
+        f"sink :{sink_port}, {len(loaded)} endpoint(s) and {len(manifests.sources)} "
+        f"source(s) from {endpoints_dir}"
     )
     if telemetry.enabled(config, os.environ):
         print(f"tracing on: OTLP to {telemetry.describe_export(os.environ)} (docs/tracing.md)")
     for item in loaded:
         print(f"  {item.endpoint.id} -> {item.endpoint.url}   key: {item.key}")
+    for source in manifests.sources:
+        print(
+            f"  source {source.source.id} ({_filters(source.source.event_types)})   "
+            f"key: {source.key}"
+        )
+        for ep in manifests.subscribers(source.source.id):
+            print(f"    -> {ep.id} takes {_filters(ep.event_types)}")
+    for endpoint_id, missing in manifests.missing_sources().items():
+        print(f"  {endpoint_id}: its source {missing} is not in {endpoints_dir} (SourceNotFound)")
     if loaded:
         data = '{"type":"demo","hello":"world"}'
         print(
@@ -185,7 +218,17 @@ async def _serve(
                 f"--key {shlex.quote(loaded[0].key)} --data {shlex.quote(data)}",
                 flush=True,
             )
-        print(flush=True)
+    for source in manifests.sources[:1]:
+        event_type = _sample_type(manifests, source)
+        event = f'{{"type":"{event_type}","id":42}}'
+        print(
+            "\nSend an event to a source (each subscriber whose eventTypes match gets it):\n"
+            "  curl -i -X POST " + base + "/webhooks/send "
+            f"-H 'X-WH-Endpoint-Key: {source.key}' -H '{EVENT_TYPE_HEADER}: {event_type}' "
+            f"-H 'Content-Type: application/json' -d {shlex.quote(event)}",
+            flush=True,
+        )
+    print(flush=True)
     try:
         await asyncio.gather(*tasks)
     finally:
