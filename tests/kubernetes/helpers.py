@@ -71,6 +71,15 @@ def dispatcher_doc(
     }
 
 
+def source_doc(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hookline.dev/v1alpha1",
+        "kind": "WebhookSource",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
 def secret_doc(name: str, namespace: str, **data: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -114,8 +123,10 @@ async def registered(
     return found[-1]
 
 
-async def status_of(cluster: ControlPlane, name: str, namespace: str) -> dict[str, Any]:
-    obj = await cluster.get("webhookendpoint", name, namespace)
+async def status_of(
+    cluster: ControlPlane, name: str, namespace: str, kind: str = "webhookendpoint"
+) -> dict[str, Any]:
+    obj = await cluster.get(kind, name, namespace)
     return dict((obj or {}).get("status") or {})
 
 
@@ -134,11 +145,12 @@ async def until_status(
     seconds: float,
     what: str,
     op: OperatorProcess,
+    kind: str = "webhookendpoint",
 ) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = await status_of(cluster, name, namespace)
+        status = await status_of(cluster, name, namespace, kind)
         if check(status):
             return status
         await asyncio.sleep(0.2)
