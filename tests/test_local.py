@@ -143,3 +143,31 @@ async def test_a_subscriber_keeps_its_own_key_and_the_sink_checks_its_signature(
         webhook_id = (await resp.json())["id"]
     line = (await dev.until(rf"^sink /hooks/billing id={webhook_id} ")).string
     assert "signature=valid" in line
+
+
+async def test_the_printed_source_curl_fans_out_to_the_subscribers_its_filters_take(
+    dev: Dev, config: Config
+) -> None:
+    await dev.until(r"Send an event to a source")
+    url = f"http://127.0.0.1:{config.receiver_port}/webhooks/send"
+
+    async def send(event_type: str) -> tuple[int, dict[str, object]]:
+        headers = {"X-WH-Endpoint-Key": "dev-shop-key", "X-WH-Event-Type": event_type}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, headers=headers, data=b'{"id":42}') as resp,
+        ):
+            answer: dict[str, object] = await resp.json()
+            return resp.status, answer
+
+    status, paid = await send("invoice.paid")
+    assert (status, paid["endpoints"]) == (202, 2)
+    for path in ("/hooks/billing", "/hooks/audit"):
+        line = (await dev.until(rf"^sink {path} id={paid['id']} ")).string
+        assert "signature=valid" in line, line
+    status, created = await send("order.created")
+    assert (status, created["endpoints"]) == (202, 1)
+    await dev.until(rf"^sink /hooks/audit id={created['id']} ")
+    assert not [ln for ln in dev.lines if f"/hooks/billing id={created['id']}" in ln]
+    status, refused = await send("refund.issued")
+    assert status == 400 and refused["error"] == "unknown_event_type", refused
