@@ -21,13 +21,24 @@ from hookline.store import DeadLetter, Store
 
 
 async def send(args: argparse.Namespace) -> int:
+    """POST one webhook with an endpoint's key — or, with a source's key and ``--type``, one
+    event that fans out to the source's subscribers; prints the status and the answer
+    (for a source's event ``{"id", "endpoints": N}``, N the subscribers it was queued for)."""
     headers = {"X-WH-Endpoint-Key": args.key, "Content-Type": args.content_type}
+    if args.type:
+        headers["X-WH-Event-Type"] = args.type
     for h in args.header or []:
         name, _, value = h.partition(":")
         headers[name.strip()] = value.strip()
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    data = await asyncio.to_thread(Path(args.file).read_bytes) if args.file else args.data.encode()
+    if args.file:
+        data = await asyncio.to_thread(Path(args.file).read_bytes)
+    elif args.data is not None:
+        data = args.data.encode()
+    else:
+        body = {"type": args.type or "test", "hello": "world"}
+        data = json.dumps(body, separators=(",", ":")).encode()
     async with aiohttp.ClientSession() as session:
         async with session.post(
             args.url.rstrip("/") + "/webhooks/send", data=data, headers=headers
