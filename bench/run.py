@@ -11,6 +11,12 @@ Measured in one run on this machine, on loopback only:
 * ``isolation``  the healthy sink's delivery rate while one dispatcher drains a stream in
                  which every other webhook is for an endpoint that answers 10 s late,
                  vs. the same drain without those webhooks (issue 3)
+* ``fanout_ingest``  events/s and deliveries queued/s per receiver core with a source's key
+                 whose event goes to 1, 10 and 100 subscribers, vs. an endpoint's own key
+* ``fanout_delivery``  deliveries/s per dispatcher core of events fanned out to 10
+                 subscribers (one shared body each) vs. the width-1 ``delivery`` drain
+* ``fanout_redis_bytes_per_event``  Redis memory per accepted event at width 100 vs. 1
+                 (issue 15)
 
 The process under test runs on CPU 0; the load generator, the sink and a private
 ``redis-server`` (no persistence unless ``--aof``: then AOF with fsync every
@@ -34,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -46,7 +53,13 @@ from common import LOAD_CPU, PINNED, SUT_CPU, free_port  # bench/ is the script'
 from common import wait_until as _wait_until
 from hookline.config import Config
 from hookline.config import load as load_config
-from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id
+from hookline.models import (
+    SigningSecret,
+    Webhook,
+    endpoint_from_spec,
+    new_id,
+    source_from_spec,
+)
 from hookline.signing import new_key, new_secret
 from hookline.store import Store
 
@@ -59,6 +72,27 @@ ENDPOINT = "bench/sink"
 HANGING = "bench/hang"  # the isolation figure's endpoint that answers late
 BODY_BYTES = 1024
 CONNECTIONS = 64
+FANOUT_WIDTHS = (1, 10, 100)  # subscribers of the fan-out figures' sources
+FANOUT_DELIVERY_WIDTH = 10
+MEMORY_WIDTH = 100  # fanout_redis_bytes_per_event: this width against width 1
+EVENT_TYPE = "bench.event"
+# Targets of the fan-out figures. Issue 15 sets only the memory one; the others are this
+# benchmark's proposals (docs/benchmarks.md says why).
+FANOUT_INGEST_TARGETS = {
+    1: ">= 0.9: a source's key with one subscriber costs the receiver about an endpoint's key",
+    10: ">= 3: one POST queuing 10 deliveries costs at most a third of 10 direct POSTs",
+    100: ">= 10: one POST queuing 100 deliveries costs at most a tenth of 100 direct POSTs",
+}
+FANOUT_DELIVERY_TARGET = ">= 0.8 of the width-1 delivery's webhooks per dispatcher core"
+MEMORY_TARGET = "<= 2: width 100 within 2x of width 1 (issue 15; the body is stored once)"
+
+
+def fan_source(width: int) -> str:
+    return f"{PREFIX}/fan-{width}"
+
+
+def fan_endpoints(width: int) -> list[str]:
+    return [f"{PREFIX}/fan-{width}-{i}" for i in range(width)]
 
 
 def log(message: str) -> None:
@@ -158,6 +192,8 @@ class Bench:
         self.sink_port = free_port()
         self.hang_port = free_port()
         self.key = new_key()
+        self.source_keys = {width: new_key() for width in FANOUT_WIDTHS}
+        self.redis_proc: subprocess.Popen[str] | None = None
         self.concurrency = load_config().concurrency  # HOOKLINE_CONCURRENCY applies to both
         self.stream = f"{PREFIX}:stream:default"
 
@@ -171,7 +207,7 @@ class Bench:
         if not self.args.aof:
             persistence = ["--appendonly", "no"]
         argv = [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        self.procs.start([*argv, "--dir", str(self.work), *persistence], LOAD_CPU)
+        self.redis_proc = self.procs.start([*argv, "--dir", str(self.work), *persistence], LOAD_CPU)
         wait_until(self.redis.ping, 10, "redis-server")
 
     async def register(self) -> None:
@@ -246,9 +282,13 @@ class Bench:
 
     # -- ingest
 
-    def wrk(self, port: int, seconds: float) -> dict[str, Any]:
+    def wrk(
+        self, port: int, seconds: float, key: str | None = None, event_type: str | None = None
+    ) -> dict[str, Any]:
         argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", "bench/loadgen.lua"]
-        env = dict(os.environ, BENCH_KEY=self.key, BENCH_BODY_BYTES=str(BODY_BYTES))
+        env = dict(os.environ, BENCH_KEY=key or self.key, BENCH_BODY_BYTES=str(BODY_BYTES))
+        if event_type is not None:
+            env["BENCH_EVENT_TYPE"] = event_type
         proc = self.procs.start([*argv, f"http://127.0.0.1:{port}/webhooks/send"], LOAD_CPU, env)
         out = self.procs.wait(proc, seconds + 30)
         line = next((ln for ln in out.splitlines() if ln.startswith("BENCH ")), None)
@@ -493,6 +533,273 @@ class Bench:
         emit({"name": "e2e_p50_ms", "value": percentile(lat, 50), **common})
         emit({"name": "e2e_p99_ms", "value": percentile(lat, 99), "target": "< 50", **common})
 
+    # -- fan-out (issue 15)
+
+    async def register_fanout(self) -> None:
+        """A source per width in :data:`FANOUT_WIDTHS`, each with that many subscribers
+        (all taking every type, all posting to the sink); registered for this part only,
+        so that the other figures run with the two endpoints they always had."""
+        config = Config()
+        spec = {
+            "url": f"http://127.0.0.1:{self.sink_port}/hook",
+            "forwardHeaders": ["x-event-type"],
+        }
+        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
+        try:
+            for width in FANOUT_WIDTHS:
+                key = self.source_keys[width]
+                await store.registry.put_source(source_from_spec(fan_source(width), {}, [key]))
+                for name in fan_endpoints(width):
+                    sub = {**spec, "source": f"fan-{width}"}
+                    secrets = [SigningSecret(new_secret())]
+                    endpoint = endpoint_from_spec(name, sub, [new_key()], secrets, config)
+                    await store.registry.put(endpoint)
+        finally:
+            await store.aclose()
+
+    def clear_fanout(self) -> None:
+        """The queue, the shared bodies and the figures the fan-out runs leave (DEL, not
+        UNLINK: the memory figure reads used_memory right after)."""
+        self.clear_queue()
+        keys = [f"{PREFIX}:sstats:{fan_source(w)}" for w in FANOUT_WIDTHS]
+        for width in FANOUT_WIDTHS:
+            for ep in fan_endpoints(width):
+                keys += (f"{PREFIX}:stats:{ep}", f"{PREFIX}:attempts:{ep}")
+        keys += self.redis.scan_iter(match=f"{PREFIX}:body:*", count=1000)
+        for start in range(0, len(keys), 1000):
+            self.redis.delete(*keys[start : start + 1000])
+
+    @contextlib.contextmanager
+    def emptying(self) -> Iterator[None]:
+        """Unlink the stream every half second: with no dispatcher running, a 10 s run at
+        width 100 would otherwise keep every delivery it queued (hundreds of MB)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            client = redis.Redis.from_url(self.redis_url)
+            try:
+                while not stop.wait(0.5):
+                    client.unlink(self.stream)
+            finally:
+                client.close()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def redis_cpu(self) -> float:
+        assert self.redis_proc is not None
+        return cpu_seconds(self.redis_proc.pid)
+
+    def fanout_ingest_once(self, width: int | None) -> dict[str, Any]:
+        """One receiver under wrk with the source of ``width`` subscribers' key, or with
+        the endpoint's own key (``width`` None: the baseline); its CPU use measured."""
+        key = self.key if width is None else self.source_keys[width]
+        event_type = None if width is None else EVENT_TYPE
+        port = free_port()
+        proc = self.hookline("receiver", SUT_CPU, HOOKLINE_RECEIVER_PORT=str(port))
+        wait_until(lambda: ready(port), 15, "the receiver")
+        try:
+            with self.emptying():
+                self.wrk(port, 2, key, event_type)  # warm-up
+                cpu, redis_cpu = cpu_seconds(proc.pid), self.redis_cpu()
+                stats = self.wrk(port, self.args.duration, key, event_type)
+                seconds = stats["duration_us"] / 1e6
+                stats["cpu"] = (cpu_seconds(proc.pid) - cpu) / seconds
+                stats["redis_cpu"] = (self.redis_cpu() - redis_cpu) / seconds
+        finally:
+            self.procs.stop(proc)
+        self.clear_fanout()
+        stats["per_core"] = stats["rate"] / stats["cpu"] if stats["cpu"] > 0 else 0.0
+        log(f"fanout ingest width {width or 'direct'}: {stats['rate']:.0f}/s {stats}")
+        return stats
+
+    def fanout_ingest(self) -> None:
+        runs: dict[int | None, list[dict[str, Any]]] = {None: []}
+        runs.update((width, []) for width in FANOUT_WIDTHS)
+        for _ in range(self.args.rounds):
+            for width in runs:
+                runs[width].append(self.fanout_ingest_once(width))
+        base = max(r["per_core"] for r in runs[None])
+        for width in FANOUT_WIDTHS:
+            best = max(runs[width], key=lambda r: r["per_core"])
+            events = best["per_core"]
+            emit(
+                {
+                    "name": "fanout_ingest",
+                    "width": width,
+                    "value": round(events),
+                    "unit": "events/s per receiver core",
+                    "deliveries_per_core": round(events * width),
+                    "baseline": round(base),
+                    "baseline_is": "webhooks/s per receiver core with an endpoint's own key",
+                    "ratio": round(events * width / base, 3),  # deliveries vs. direct webhooks
+                    "target": FANOUT_INGEST_TARGETS[width],
+                    "runs": [round(r["rate"]) for r in runs[width]],
+                    "cpu": [round(r["cpu"], 2) for r in runs[width]],
+                    "redis_cpu": [round(r["redis_cpu"], 2) for r in runs[width]],
+                    "baseline_runs": [round(r["rate"]) for r in runs[None]],
+                    "baseline_cpu": [round(r["cpu"], 2) for r in runs[None]],
+                    "errors": sum(r["errors"] + r["non2xx"] for r in runs[width]),
+                }
+            )
+
+    async def _preload_fanout(self, events: int, width: int) -> None:
+        """Fan ``events`` events out to the ``width`` subscribers of its source with
+        ``Queue.fan_out``, as the receiver does: one shared body per event."""
+        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
+        queue = store.queue
+        payload = body()
+        source = fan_source(width)
+        endpoints = fan_endpoints(width)
+        headers = {
+            "content-type": "application/json",
+            "x-event-type": "bench",
+            "x-wh-event-type": EVENT_TYPE,
+        }
+
+        def deliveries(wid: str) -> list[tuple[str, Webhook]]:
+            created = int(time.time() * 1000)
+            return [
+                (
+                    "default",
+                    Webhook(
+                        id=wid,
+                        endpoint=ep,
+                        headers=headers,
+                        size=len(payload),
+                        created_ms=created,
+                        source=source,
+                        shared=True,
+                    ),
+                )
+                for ep in endpoints
+            ]
+
+        try:
+            for start in range(0, events, 500):
+                ids = [new_id() for _ in range(start, min(start + 500, events))]
+                await asyncio.gather(
+                    *(queue.fan_out(source, wid, deliveries(wid), payload) for wid in ids)
+                )
+        finally:
+            await store.aclose()
+
+    def fanout_delivery_once(self) -> dict[str, Any]:
+        width = FANOUT_DELIVERY_WIDTH
+        events = self.args.delivery_count // width
+        count = events * width
+        self.clear_fanout()
+        sink = self.sink()
+        try:
+            asyncio.run(self._preload_fanout(events, width))
+            proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
+            try:
+                with self.profiled(proc, "delivery-fanout", 6, after=2):
+                    cpu = self.drain(proc, count)
+            finally:
+                self.procs.stop(proc)
+        finally:
+            stats = self.sink_rate(sink)
+        stats["cpu"] = cpu
+        stats["per_core"] = stats["rate"] / cpu if cpu > 0 else 0.0
+        # Every shared body goes with the last of its deliveries.
+        stats["bodies_left"] = sum(1 for _ in self.redis.scan_iter(match=f"{PREFIX}:body:*"))
+        log(f"fanout delivery width {width}: {stats['rate']:.0f}/s {stats}")
+        if stats["received"] < count:
+            raise RuntimeError(f"the sink got {stats['received']} of {count} deliveries")
+        self.clear_fanout()
+        return stats
+
+    def fanout_delivery(self) -> None:
+        """Alternates the ``delivery`` figure's own width-1 drain (one endpoint, 30,000
+        webhooks) with the width-10 drain (3,000 events, 30,000 deliveries)."""
+        runs: dict[str, list[dict[str, Any]]] = {"width1": [], "fanout": []}
+        for _ in range(self.args.rounds):
+            runs["width1"].append(self.delivery_once("hookline"))
+            runs["fanout"].append(self.fanout_delivery_once())
+        for r in runs["width1"]:
+            r["per_core"] = r["rate"] / r["cpu"] if r["cpu"] > 0 else 0.0
+        best = max(r["per_core"] for r in runs["fanout"])
+        base = max(r["per_core"] for r in runs["width1"])
+        emit(
+            {
+                "name": "fanout_delivery",
+                "width": FANOUT_DELIVERY_WIDTH,
+                "value": round(best),
+                "unit": "deliveries/s per dispatcher core",
+                "baseline": round(base),
+                "baseline_is": "the width-1 delivery drain of this run, webhooks/s per core",
+                "ratio": round(best / base, 3),
+                "target": FANOUT_DELIVERY_TARGET,
+                "runs": [round(r["rate"]) for r in runs["fanout"]],
+                "cpu": [round(r["cpu"], 2) for r in runs["fanout"]],
+                "baseline_runs": [round(r["rate"]) for r in runs["width1"]],
+                "baseline_cpu": [round(r["cpu"], 2) for r in runs["width1"]],
+                "deliveries": runs["fanout"][0]["received"],
+                "bodies_left": max(r["bodies_left"] for r in runs["fanout"]),
+            }
+        )
+
+    def used_memory(self) -> int:
+        info: dict[str, Any] = self.redis.info("memory")  # type: ignore[assignment]
+        return int(info["used_memory"])
+
+    def fanout_memory_once(self, width: int) -> dict[str, Any]:
+        """Redis's used_memory before and after 2 s of wrk with the source of ``width``
+        subscribers' key, no dispatcher running: what the events accepted meanwhile hold."""
+        port = free_port()
+        proc = self.hookline("receiver", SUT_CPU, HOOKLINE_RECEIVER_PORT=str(port))
+        wait_until(lambda: ready(port), 15, "the receiver")
+        key, stats_key = self.source_keys[width], f"{PREFIX}:sstats:{fan_source(width)}"
+        try:
+            self.wrk(port, 1, key, EVENT_TYPE)  # warm-up: connections, the script cache
+            self.clear_fanout()
+            time.sleep(0.5)
+            before = self.used_memory()
+            stats = self.wrk(port, 2, key, EVENT_TYPE)
+            time.sleep(0.5)  # what was in flight when wrk stopped has been answered
+            events = int(self.redis.hget(stats_key, "events") or 0)  # type: ignore[arg-type]
+            grown = self.used_memory() - before
+        finally:
+            self.procs.stop(proc)
+        self.clear_fanout()
+        if not events or stats["errors"] or stats["non2xx"]:
+            raise RuntimeError(f"memory run at width {width}: {events} events, {stats}")
+        log(f"fanout memory width {width}: {grown} bytes for {events} events")
+        return {"events": events, "bytes": grown, "per_event": grown / events}
+
+    def fanout_memory(self) -> None:
+        one = self.fanout_memory_once(1)
+        wide = self.fanout_memory_once(MEMORY_WIDTH)
+        emit(
+            {
+                "name": "fanout_redis_bytes_per_event",
+                "width": MEMORY_WIDTH,
+                "value": round(wide["per_event"]),
+                "unit": "bytes/event",
+                "baseline": round(one["per_event"]),
+                "baseline_is": "width 1, same run",
+                "ratio": round(wide["per_event"] / one["per_event"], 2),
+                "target": MEMORY_TARGET,
+                "bytes_per_delivery": round(wide["per_event"] / MEMORY_WIDTH),
+                # each entry carrying its own copy of the body instead
+                "unshared_estimate": round(one["per_event"] * MEMORY_WIDTH),
+                "body_bytes": BODY_BYTES,
+                "events": [one["events"], wide["events"]],
+            }
+        )
+
+    def fanout(self) -> None:
+        asyncio.run(self.register_fanout())
+        self.fanout_ingest()
+        self.fanout_delivery()
+        self.fanout_memory()
+
     # -- the others
 
     def extra_scripts(self) -> None:
@@ -558,8 +865,8 @@ def main() -> int:
     p.add_argument(
         "--only",
         nargs="*",
-        choices=["ingest", "delivery", "e2e", "isolation", "extra"],
-        default=["ingest", "delivery", "e2e", "isolation", "extra"],
+        choices=["ingest", "delivery", "e2e", "isolation", "fanout", "extra"],
+        default=["ingest", "delivery", "e2e", "isolation", "fanout", "extra"],
         help="which parts to run (extra: the EXTRA_SCRIPTS)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy the process under test into DIR")
@@ -567,7 +874,7 @@ def main() -> int:
     args = p.parse_args()
     # A SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, stopping every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if shutil.which("wrk") is None and "ingest" in args.only:
+    if shutil.which("wrk") is None and {"ingest", "fanout"} & set(args.only):
         log("wrk is not installed: apt-get install -y wrk (make bench does it)")
         return 2
     if not PINNED:
@@ -582,7 +889,7 @@ def main() -> int:
         try:
             bench.start_redis()
             asyncio.run(bench.register())
-            for name in ("ingest", "delivery", "e2e", "isolation"):
+            for name in ("ingest", "delivery", "e2e", "isolation", "fanout"):
                 if name in args.only:
                     getattr(bench, name)()
         finally:

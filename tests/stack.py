@@ -116,6 +116,17 @@ def dispatcher_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def receiver_process(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """A real ``hookline receiver`` process on ``port`` (loopback), for tests that kill one;
+    ``env`` as :func:`dispatcher_env` makes it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hookline", "--log-level", "WARNING", "receiver"],
+        env={**env, "HOOKLINE_RECEIVER_HOST": "127.0.0.1", "HOOKLINE_RECEIVER_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @dataclass
 class Running:
     dispatcher: Dispatcher

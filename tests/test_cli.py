@@ -112,6 +112,43 @@ async def test_endpoints_table_shows_figures_and_attempts(stack: Stack, endpoint
     assert log.stdout.count("status=200") == 3
 
 
+async def test_send_with_a_source_key_and_a_type_fans_out_and_prints_the_width(
+    stack: Stack, endpoint: Endpoint
+) -> None:
+    """``hookline send --key SOURCE_KEY --type T``: the event goes to every subscriber whose
+    filter takes T, and the command prints the 202 with how many endpoints that was."""
+    source, key = await stack.add_source("cli")
+    await stack.add_endpoint(endpoint.url("/every"), "every", source="cli")
+    await stack.add_endpoint(
+        endpoint.url("/invoices"), "invoices", source="cli", eventTypes=["invoice.*"]
+    )
+    await stack.add_endpoint(
+        endpoint.url("/customers"), "customers", source="cli", eventTypes=["customer.*"]
+    )
+    await stack.propagated(lambda c: len(c.subscribed(source.id)) == 3, "three subscribers")
+
+    sent = await asyncio.to_thread(
+        hookline, stack.config, "send", "--url", stack.url, "--key", key, "--type", "invoice.paid"
+    )
+    assert sent.returncode == 0, sent.stderr
+    status_, _, answer = sent.stdout.strip().partition(" ")
+    assert status_ == "202" and json.loads(answer)["endpoints"] == 2, sent.stdout
+    event = json.loads(answer)["id"]
+    await endpoint.wait_for(lambda: len(endpoint.received) == 2, 10, "two deliveries")
+    assert sorted(r.path for r in endpoint.received) == ["/every", "/invoices"]
+    for got in endpoint.received:
+        assert got.headers["webhook-id"] == event
+        assert got.headers["x-wh-event-type"] == "invoice.paid"
+        assert json.loads(got.body) == {"type": "invoice.paid", "hello": "world"}
+
+    # A source's key without a type: the receiver's refusal, printed, and status 1.
+    untyped = await asyncio.to_thread(
+        hookline, stack.config, "send", "--url", stack.url, "--key", key
+    )
+    assert untyped.returncode == 1
+    assert untyped.stdout.startswith("400 ") and "missing_event_type" in untyped.stdout
+
+
 def test_hookline_sink_prints_each_webhook_with_its_signature_checked() -> None:
     """``hookline sink``, the demo endpoint docs/kubernetes.md deploys: a delivery signed
     with its secret prints ``signature=valid``, one signed with another ``BAD``."""

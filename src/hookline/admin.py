@@ -22,16 +22,26 @@ from hookline.store import DeadLetter, Store
 
 
 async def send(config: Config, args: argparse.Namespace) -> int:
-    """Post one webhook. With tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT`` set, as ``make
-    dev TRACING=1`` prints it) the request is a CLIENT span of service ``hookline-send``
-    that starts the webhook's trace, as an instrumented sender's would."""
+    """POST one webhook with an endpoint's key — or, with a source's key and ``--type``, one
+    event that fans out to the source's subscribers; prints the status and the answer
+    (for a source's event ``{"id", "endpoints": N}``). With tracing on
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` set, as ``make dev TRACING=1`` prints it) the request
+    is a CLIENT span of service ``hookline-send`` that starts the webhook's trace."""
     headers = {"X-WH-Endpoint-Key": args.key, "Content-Type": args.content_type}
+    if args.type:
+        headers["X-WH-Event-Type"] = args.type
     for h in args.header or []:
         name, _, value = h.partition(":")
         headers[name.strip()] = value.strip()
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    data = await asyncio.to_thread(Path(args.file).read_bytes) if args.file else args.data.encode()
+    if args.file:
+        data = await asyncio.to_thread(Path(args.file).read_bytes)
+    elif args.data is not None:
+        data = args.data.encode()
+    else:
+        body = {"type": args.type or "test", "hello": "world"}
+        data = json.dumps(body, separators=(",", ":")).encode()
     tracing = telemetry.setup(config, telemetry.SENDER, install_global=False)
     try:
         async with aiohttp.ClientSession() as session:

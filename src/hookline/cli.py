@@ -4,7 +4,7 @@
     hookline dev [--endpoints DIR] [--tracing]  the local stack: redis, receiver, dispatcher, sink
                                                 (and Jaeger, with --tracing)
     hookline sink [--port N]                    a demo endpoint that checks signatures
-    hookline send --key KEY [--data ...]        post a test webhook
+    hookline send --key KEY [--type TYPE]       post a test webhook (a source's event: --type)
     hookline dlq list | show ID | replay ...    the dead letter
     hookline endpoints                          endpoints and their delivery figures
 
@@ -52,8 +52,14 @@ def parser() -> argparse.ArgumentParser:
     sink.add_argument("--port", type=int, default=8080)
     send = sub.add_parser("send", help="post a test webhook")
     send.add_argument("--url", default="http://127.0.0.1:8080")
-    send.add_argument("--key", required=True)
-    send.add_argument("--data", default='{"type":"test","hello":"world"}')
+    send.add_argument("--key", required=True, help="an endpoint's or a source's ingest key")
+    send.add_argument(
+        "--type",
+        metavar="EVENT_TYPE",
+        help="the event type (X-WH-Event-Type): required with a source's key, whose event "
+        "goes to every subscriber whose filter matches it",
+    )
+    send.add_argument("--data", help='the body (default: {"type": EVENT_TYPE or "test", ...})')
     send.add_argument("--file")
     send.add_argument("--content-type", default="application/json")
     send.add_argument("--header", action="append", help="NAME: VALUE, repeatable")
