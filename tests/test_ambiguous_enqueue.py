@@ -4,10 +4,10 @@ way, and Redis ran it once it was free again. The deliveries then name a body th
 gone; a retry with the same Idempotency-Key is answered 202 with that event's id, and
 every delivery of it ends in the dead letter ("body missing").
 
-Expected to fail until the receiver stops deleting a stored body after a failure that
-may have reached Redis (a timeout, or a connection lost with the command written) and
-leaves it to the body reaper instead, which removes it after the grace when no entry
-names it. Real Redis (kept busy by a script of the test's own), real receiver.
+The receiver therefore never deletes a stored body after a failure that may have reached
+Redis (a timeout, or a connection lost with the command written): it leaves it to the
+body reaper, which removes it after the grace when no entry names it.
+Real Redis (kept busy by a script of the test's own), real receiver.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ async def busy_redis(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason="the receiver deletes the body of a 503 that Redis ran")
 @pytest.mark.parametrize("key_of", ["endpoint", "source"])
 async def test_a_503_that_redis_ran_late_keeps_the_body_its_deliveries_need(
     own_redis: RedisServer,

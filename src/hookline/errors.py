@@ -46,6 +46,11 @@ class StoreUnavailable(TemporaryError):
     """A store (Redis, the body store) is unreachable."""
 
 
+class StoreNotReached(StoreUnavailable):
+    """Redis was not reached at all: the command was never sent, so nothing was written
+    (a plain StoreUnavailable may come after Redis ran the command)."""
+
+
 class ApiUnavailable(TemporaryError):
     """The Kubernetes API did not answer as it should."""
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from hookline import spans
 from hookline.bodies import BodyStore
 from hookline.config import Config
-from hookline.errors import BodyTooLarge, StoreUnavailable
+from hookline.errors import BodyTooLarge, StoreNotReached, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import EVENT_TYPE_RULE, Endpoint, Source, Webhook, new_id, valid_event_type
@@ -425,17 +425,21 @@ class Ingest:
         return answer
 
     async def _write(self, ref: str | None, write: Callable[[], Awaitable[R]]) -> R | web.Response:
-        """The queue write of a request; when Redis does not take it (503) or the request
-        ends otherwise, the body it stored is deleted."""
+        """The queue write of a request, or a 503 when Redis did not answer it. A body the
+        request stored is kept then: the command may have reached Redis and run after all
+        (a reply that came too late, a connection lost after the write), and its entries
+        would name the body. The body reaper removes it after ``HOOKLINE_BODY_GRACE`` if
+        no entry does (docs/bodies.md). Only a command that never left (Redis not reached)
+        lets the body go at once."""
         try:
             return await write()
-        except StoreUnavailable as exc:
+        except StoreNotReached as exc:  # never sent: nothing can name the body
             log.warning("queue unavailable: %s", exc)
             await self._discard(ref)
             return self._unavailable("the queue is unavailable")
-        except BaseException:
-            await self._discard(ref)
-            raise
+        except StoreUnavailable as exc:
+            log.warning("queue unavailable: %s", exc)
+            return self._unavailable("the queue is unavailable")
 
     async def _discard(self, ref: str | None) -> None:
         if ref is not None:

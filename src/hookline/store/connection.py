@@ -17,12 +17,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hookline.config import Config
-from hookline.errors import StoreUnavailable, map_exceptions
+from hookline.errors import StoreNotReached, StoreUnavailable, map_exceptions
 from hookline.store.keys import Keys
 from hookline.store.scripts import Script
-from hookline.store.wire import Wire, WireError, pack
+from hookline.store.wire import NotSent, Wire, WireError, pack
 
-_UNAVAILABLE = dict.fromkeys((RedisError, OSError, WireError), StoreUnavailable)
+# First match wins: a command that never left says so.
+_UNAVAILABLE: dict[type[Exception], type[StoreUnavailable]] = {NotSent: StoreNotReached}
+_UNAVAILABLE.update(dict.fromkeys((RedisError, OSError, WireError), StoreUnavailable))
 
 
 def redis_client(config: Config) -> aioredis.Redis:

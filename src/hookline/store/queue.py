@@ -39,12 +39,12 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from hookline.errors import StoreUnavailable
+from hookline.errors import StoreNotReached, StoreUnavailable
 from hookline.models import Webhook
 from hookline.store import scripts
 from hookline.store.connection import Connection, text
 from hookline.store.keys import GROUP
-from hookline.store.wire import WireError, pack
+from hookline.store.wire import NotSent, WireError, pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,8 @@ class Queue:
                 head = self._xadd_heads[pool] = empty.removesuffix(b"$0\r\n\r\n")
             try:  # the receiver's hot path: no more layers than needed
                 await self.conn.wire.call(b"%s$%d\r\n%s\r\n" % (head, len(data), data))
+            except NotSent as exc:
+                raise StoreNotReached(f"queue: {exc}") from exc
             except WireError as exc:
                 raise StoreUnavailable(f"queue: {exc}") from exc
             return webhook.id

@@ -36,6 +36,10 @@ class WireError(Exception):
     """A command got no reply (connection refused, lost, silent) or an error reply."""
 
 
+class NotSent(WireError):
+    """The command never left this process: Redis cannot have run it."""
+
+
 Fallback = Callable[[], bytes]  # makes the command to send instead after a NOSCRIPT
 
 
@@ -93,7 +97,7 @@ class Wire:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self._closed:
-            fut.set_exception(WireError("the connection is closed"))
+            fut.set_exception(NotSent("the connection is closed"))
             return fut
         self._queued.append((command, fut, fallback))
         if not self._scheduled:
@@ -107,7 +111,7 @@ class Wire:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
         self._abort(WireError("the connection is closed"))
-        self._fail_queued(WireError("the connection is closed"))
+        self._fail_queued(NotSent("the connection is closed"))
         if self._open_protocols:  # the aborted socket closes on the loop's next turn
             await asyncio.wait([p.closed for p in self._open_protocols], timeout=1.0)
 
@@ -195,7 +199,7 @@ class Wire:
             if not fut.done():
                 fut.set_exception(error)
 
-    def _fail_queued(self, error: WireError) -> None:
+    def _fail_queued(self, error: NotSent) -> None:
         queued, self._queued = self._queued, []
         for _, fut, _ in queued:
             if not fut.done():
@@ -209,7 +213,7 @@ class Wire:
             raise
         except Exception as exc:  # refused, timed out, TLS, AUTH: whatever it is, say so
             self._abort(WireError(f"Redis: {exc}"))
-            self._fail_queued(WireError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
+            self._fail_queued(NotSent(f"cannot connect to Redis: {exc or type(exc).__name__}"))
         finally:
             self._connecting = None
         self._flush()
