@@ -316,3 +316,25 @@ async def test_a_large_body_is_stored_once_in_gcs_and_deleted_after_the_last_del
         assert await bodies_kept(stack) == []
     finally:
         await stack.stop()
+
+
+async def test_a_removed_source_refuses_its_key_and_its_queued_deliveries_go_on(
+    config: Config, endpoint: Endpoint
+) -> None:
+    stack = await Stack(config).start(dispatchers=0)
+    try:
+        source, key = await stack.add_source("leaving")
+        for name in ("a", "b"):
+            await stack.add_endpoint(endpoint.on(f"/{name}", ok), name, source="leaving")
+        await stack.propagated(lambda c: len(c.subscribed(source.id)) == 2, "two subscribers")
+        status_, answer = await send_event(stack, key, "last.event")
+        assert (status_, answer["endpoints"]) == (202, 2)
+        assert await stack.registry.remove_source(source.id)
+        await stack.propagated(lambda c: c.source(source.id) is None, "the source removed")
+        status_, refused = await send_event(stack, key, "after.removal")
+        assert (status_, refused["error"]) == (401, "unknown_key")
+        await stack.start_dispatcher()
+        await endpoint.wait_for(lambda: len(endpoint.received) == 2, 10, "the queued event")
+        assert {r.headers["webhook-id"] for r in endpoint.received} == {answer["id"]}
+    finally:
+        await stack.stop()
