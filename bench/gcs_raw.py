@@ -8,8 +8,9 @@ receiver's rounds, for ``gcs_raw``: what ``google-cloud-storage`` alone achieves
 with the same bodies, the same emulator and the same concurrency (``--threads``
 uploads in flight, as the receiver's ``HOOKLINE_GCS_THREADS``). It imports nothing
 of hookline and sets the client up as ``hookline.gcs`` does (anonymous credentials,
-one pooled connection per thread, the same retry, timeout and
-``ifGenerationMatch=0``). Run by hand, ``--mode`` compares the client's upload paths:
+one pooled connection per thread, the environment read once, the same retry,
+timeout and ``ifGenerationMatch=0``). Run by hand, ``--mode`` compares the
+client's upload paths:
 
 * ``multipart``: ``Blob.upload_from_string``. For a body of known length up to
   8 MiB the client sends one ``uploadType=multipart`` request (metadata and bytes).
@@ -39,6 +40,7 @@ from typing import Any
 
 import requests
 import requests.adapters
+import requests.utils
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.fileio import BlobWriter
@@ -69,14 +71,22 @@ class Counted:
             self.counts[f"{request.method} {kind}"] += 1
 
 
-def make_client(url: str, threads: int) -> storage.Client:
+def make_client(url: str, threads: int, trust_env: bool) -> storage.Client:
+    """The client as ``GcsBodyStore._make_client`` makes it (keep the two in step)."""
     client = storage.Client(
         project="bench",
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         client_options={"api_endpoint": url},
     )
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=threads, max_retries=0)
-    client._http.mount("http://", adapter)
+    session = client._http
+    session.mount("http://", adapter)
+    if not trust_env:  # hookline.gcs._read_environment_once
+        session.proxies.update(requests.utils.get_environ_proxies(url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle and session.verify is True:
+            session.verify = bundle
+        session.trust_env = False
     return client
 
 
@@ -136,10 +146,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256 * KiB)
     p.add_argument("--chunk-size", type=int, default=4 * MiB, help="resumable mode's chunk")
     p.add_argument("--prefix", default="raw", help="object names: PREFIX/N")
+    p.add_argument(
+        "--trust-env",
+        action="store_true",
+        help="let requests read the environment on every request, as it does by default",
+    )
     p.add_argument("--emulator-pid", type=int, help="also report this process's CPU per upload")
     args = p.parse_args()
 
-    client = make_client(args.url, args.threads)
+    client = make_client(args.url, args.threads, args.trust_env)
     counted = Counted(client._http)
     one = uploader(args, client, os.urandom(args.size))
     tag = f"{args.prefix}/{os.getpid()}"
@@ -156,6 +171,7 @@ def main() -> None:
     client.close()
     result = {
         "mode": args.mode,
+        **({"trust_env": True} if args.trust_env else {}),
         "size": args.size,
         "threads": args.threads,
         "count": args.count,

@@ -25,9 +25,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from hookline.config import Config, KiB, MiB
-from hookline.errors import BodyLengthMismatch, BodyMissing, BodyTooLarge
+from hookline.errors import BodyLengthMismatch, BodyMissing, BodyTooLarge, StoreUnavailable
 from hookline.gcs import GcsBodyStore
 from hookline.models import Webhook
 from tests.peers import Endpoint, GcsServer, eventually, free_port, ok
@@ -372,6 +373,46 @@ async def test_sender_gone_before_its_declared_length_gets_no_entry_and_no_objec
     finally:
         await stack.stop()
         await store.close()
+
+
+async def test_proxy_settings_of_the_environment_are_honoured(
+    gcs_server: GcsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client reads HTTP_PROXY and NO_PROXY once, when it is made, not per request."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.url}")
+        return web.Response(status=502)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bucket = new_bucket(gcs_server)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        via_proxy = GcsBodyStore(bucket, chunk_size=CHUNK, timeout=1.0, endpoint=gcs_server.url)
+        with pytest.raises(StoreUnavailable):
+            await via_proxy.put("msg_proxied", pieces(b"x" * 100), 1000, 100)
+        assert seen and all(gcs_server.url in line for line in seen), seen
+        await via_proxy.close()
+
+        seen.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = GcsBodyStore(bucket, chunk_size=CHUNK, endpoint=gcs_server.url)
+        await direct.check()  # makes the client
+        monkeypatch.delenv("NO_PROXY")  # read when the client was made: no longer needed
+        ref, _ = await direct.put("msg_direct", pieces(b"x" * 100), 1000, 100)
+        assert gcs_server.objects(bucket) == {ref: 100}
+        assert seen == []
+        await direct.close()
+    finally:
+        await runner.cleanup()
 
 
 def receiver_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

