@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -273,20 +274,34 @@ async def rss_figures(
     return receiver, port
 
 
-async def ingest_round(session: aiohttp.ClientSession, port: int, key: str, count: int) -> float:
-    """Webhooks/s accepted for ``count`` 256 KiB POSTs over 32 connections."""
+async def ingest_round(port: int, key: str, count: int) -> float:
+    """Webhooks/s accepted for ``count`` 256 KiB POSTs over 32 keep-alive connections.
+
+    Each connection writes one prepared request and reads the answer's head and body:
+    the sender shares its core with the emulator, which limits both the receiver and
+    gcs_raw here, so it takes as little of that core as it can (0.2 ms per webhook, where
+    an aiohttp client took 0.45-0.55 ms)."""
     body = os.urandom(INGEST_BYTES)
-    url = f"http://127.0.0.1:{port}/webhooks/send"
-    headers = {"X-WH-Endpoint-Key": key, "Content-Type": "application/octet-stream"}
+    request = (
+        f"POST /webhooks/send HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"X-WH-Endpoint-Key: {key}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     left, refused = count, 0
 
     async def worker() -> None:
         nonlocal left, refused
-        while left > 0:
-            left -= 1
-            async with session.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-                refused += resp.status != 202
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left > 0:
+                left -= 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                refused += head[9:12] != b"202"
+        finally:
+            writer.close()
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(32)))
@@ -373,7 +388,7 @@ async def ingest_figures(
                 else:
                     receiver, port = receivers[path]
                     before = cpu_seconds(receiver.pid)
-                    rate = await ingest_round(session, port, key, count)
+                    rate = await ingest_round(port, key, count)
                     cpu = 1000 * (cpu_seconds(receiver.pid) - before) / count
                 emulator = 1000 * (cpu_seconds(peers.emulator.pid) - emulator) / count
                 load = 1000 * (cpu_seconds(os.getpid()) - load) / count
