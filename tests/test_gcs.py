@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import hmac
 import io
@@ -413,6 +414,17 @@ async def test_proxy_settings_of_the_environment_are_honoured(
         await direct.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_failed_upload_is_reported_once_not_again_by_asyncio(
+    gcs_server: GcsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = GcsBodyStore("hookline-no-such-bucket", timeout=1.0, endpoint=gcs_server.url)
+    with pytest.raises(StoreUnavailable):
+        await store.put("msg_nowhere", pieces(b"x" * 100), 1000, 100)
+    await store.close()  # waits for the abandoned upload's cleanup
+    gc.collect()  # asyncio reports an unretrieved exception when its future is collected
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def receiver_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -334,7 +334,10 @@ class _Upload:
         """Undo whatever the upload got to: cancel its session, delete a finished object."""
         store = self.store
         if self.inflight is not None:
-            await asyncio.wait([asyncio.wrap_future(self.inflight)])
+            done = asyncio.wrap_future(self.inflight)
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.exception()  # the upload's own failure, raised already: not logged again
         with contextlib.suppress(StoreUnavailable, NotFound):
             if self.writer is not None and not self.writer.closed:
                 await store._run(self.writer.terminate)
