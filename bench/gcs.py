@@ -13,11 +13,19 @@ and an HTTP sink in this process. Prints one JSON line per figure to stdout
   → sink, byte-identical by SHA-256). Growth is the kernel's high-water mark
   (``VmHWM``, reset through ``/proc/PID/clear_refs``) minus the resident size
   just before, in processes warmed by one 1 MiB relay. Target: < 32 MiB each.
+* ``gcs_raw``: uploads/s of the same 256 KiB bodies to the same emulator by the
+  same client library (``google-cloud-storage``, as ``hookline.gcs`` calls it) with
+  the same concurrency (``HOOKLINE_GCS_THREADS``, 16, uploads in flight) and no
+  hookline: ``bench/gcs_raw.py`` as its own process on the receiver's core. Also
+  its CPU per upload and the HTTP requests per upload.
 * ``gcs_ingest``: webhooks/s one receiver accepts with 256 KiB bodies going to
-  GCS, against the same receiver configured to keep them inline in the queue
-  entry (``baseline``), alternating for ``--rounds`` rounds after a warm-up,
-  best of each. Between rounds the stream and the bucket are emptied, as the
-  dispatchers would in steady state.
+  GCS (32 senders' connections), as a ratio to ``gcs_raw`` (target >= 0.8), with
+  the receiver's CPU per webhook. ``inline`` is the same receiver keeping the
+  bodies in the queue entry instead (the baseline before ``gcs_raw``).
+  The three run one after the other in each of ``--rounds`` rounds after a
+  warm-up, their order turning from round to round; best of each. Before each
+  run the stream and the bucket are emptied, as the dispatchers would in steady
+  state (the emulator slows down as its bucket fills).
 
 As in ``bench/run.py``, the processes under test run on CPU 0 and the load,
 sink, Redis and the emulator on CPU 1 when there are two CPUs.
@@ -30,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +55,7 @@ from aiohttp import web
 from common import (  # bench/ is the script's folder
     LOAD_CPU,
     PINNED,
+    SUT_CPU,
     Backends,
     free_port,
     pinned,
@@ -97,7 +107,7 @@ class Peers(Backends):
         self.start_redis()
         gcs_args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(self.gcs_port)]
         gcs_args += ["-backend", "memory", "-log-level", "error"]
-        self.spawn(pinned(LOAD_CPU, [str(gcs), *gcs_args]), "fake-gcs-server")
+        self.emulator = self.spawn(pinned(LOAD_CPU, [str(gcs), *gcs_args]), "fake-gcs-server")
         wait_until(lambda: self._gcs("GET", "/storage/v1/b") is not None, 10, "fake-gcs-server")
         self._gcs("POST", "/storage/v1/b?project=bench", {"name": BUCKET})
 
@@ -242,8 +252,8 @@ async def relay(session: aiohttp.ClientSession, sink: Sink, port: int, key: str,
 
 async def rss_figures(
     peers: Peers, session: aiohttp.ClientSession, sink: Sink, key: str, chunk: int
-) -> int:
-    """Relay one 100 MiB body; emit both RSS figures; returns the receiver's port."""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Relay one 100 MiB body; emit both RSS figures; returns the receiver and its port."""
     port = free_port()
     receiver = peers.hookline(
         "receiver", "receiver-gcs", body_store="gcs", receiver_port=port, gcs_chunk_size=chunk
@@ -261,23 +271,37 @@ async def rss_figures(
         emit(f"gcs_rss_{name}_mib", growth, "MiB", target=RSS_TARGET_MIB)
     emit("gcs_relay_100mib_seconds", seconds, "s")
     peers.stop(dispatcher)
-    return port
+    return receiver, port
 
 
-async def ingest_round(session: aiohttp.ClientSession, port: int, key: str, count: int) -> float:
-    """Webhooks/s accepted for ``count`` 256 KiB POSTs over 32 connections."""
+async def ingest_round(port: int, key: str, count: int) -> float:
+    """Webhooks/s accepted for ``count`` 256 KiB POSTs over 32 keep-alive connections.
+
+    Each connection writes one prepared request and reads the answer's head and body:
+    the sender shares its core with the emulator, which limits both the receiver and
+    gcs_raw here, so it takes as little of that core as it can (0.2 ms per webhook, where
+    an aiohttp client took 0.45-0.55 ms)."""
     body = os.urandom(INGEST_BYTES)
-    url = f"http://127.0.0.1:{port}/webhooks/send"
-    headers = {"X-WH-Endpoint-Key": key, "Content-Type": "application/octet-stream"}
+    request = (
+        f"POST /webhooks/send HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"X-WH-Endpoint-Key: {key}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     left, refused = count, 0
 
     async def worker() -> None:
         nonlocal left, refused
-        while left > 0:
-            left -= 1
-            async with session.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-                refused += resp.status != 202
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left > 0:
+                left -= 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                refused += head[9:12] != b"202"
+        finally:
+            writer.close()
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(32)))
@@ -303,6 +327,107 @@ async def _delete_all(session: aiohttp.ClientSession, base: str, names: list[str
             await resp.read()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def raw_round(peers: Peers, count: int) -> dict[str, Any]:
+    """``bench/gcs_raw.py`` on the receiver's core: the client library alone."""
+    argv = [sys.executable, str(ROOT / "bench" / "gcs_raw.py"), "--url", peers.gcs_url]
+    argv += ["--bucket", BUCKET, "--count", str(count), "--size", str(INGEST_BYTES)]
+    argv += ["--threads", str(Config().gcs_threads)]
+    proc = await asyncio.create_subprocess_exec(
+        *pinned(SUT_CPU, argv), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"bench/gcs: bench/gcs_raw.py exited with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def ingest_figures(
+    args: argparse.Namespace,
+    peers: Peers,
+    session: aiohttp.ClientSession,
+    key: str,
+    gcs: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    """gcs_raw and gcs_ingest (with the inline receiver beside them), measured in turn."""
+    inline_port = free_port()
+    inline = peers.hookline(
+        "receiver",
+        "receiver-inline",
+        receiver_port=inline_port,
+        inline_limit=INGEST_BYTES,
+        body_store="fs",
+        body_dir=str(peers.folder / "bodies"),
+    )
+    await asyncio.to_thread(wait_until, lambda: receiver_ready(inline_port), 30, "receiver")
+    receivers = {"gcs": gcs, "inline": (inline, inline_port)}
+    redis = redis_client(Config(redis_url=peers.redis_url))
+    runs: dict[str, list[float]] = {"raw": [], "gcs": [], "inline": []}
+    cpu_ms: dict[str, list[float]] = {"raw": [], "gcs": [], "inline": []}
+    raw_requests: dict[str, float] = {}
+    order = ["raw", "gcs", "inline"]
+    try:
+        for n in range(args.rounds + 1):  # round 0 warms everything up and is not counted
+            count = args.count if n else 200
+            for path in order[n % 3 :] + order[: n % 3]:
+                # As in steady state, where dispatchers drain the stream and delete the
+                # objects; the emulator also slows down as its bucket fills.
+                await redis.delete(f"{PREFIX}:stream:default")
+                await empty_bucket(session, peers)
+                emulator, load = cpu_seconds(peers.emulator.pid), cpu_seconds(os.getpid())
+                if path == "raw":
+                    raw = await raw_round(peers, count)
+                    rate, cpu = raw["per_s"], raw["cpu_ms_per_upload"]
+                    raw_requests = raw["requests_per_upload"]
+                else:
+                    receiver, port = receivers[path]
+                    before = cpu_seconds(receiver.pid)
+                    rate = await ingest_round(port, key, count)
+                    cpu = 1000 * (cpu_seconds(receiver.pid) - before) / count
+                emulator = 1000 * (cpu_seconds(peers.emulator.pid) - emulator) / count
+                load = 1000 * (cpu_seconds(os.getpid()) - load) / count
+                log(
+                    f"round {n}: {path} {rate:.0f}/s, {cpu:.2f} ms CPU each"
+                    f" (emulator {emulator:.2f} ms, this process {load:.2f} ms)"
+                )
+                if n:
+                    runs[path].append(round(rate, 1))
+                    cpu_ms[path].append(round(cpu, 2))
+    finally:
+        await redis.aclose()
+    raw_best, gcs_best, inline_best = (max(runs[p]) for p in ("raw", "gcs", "inline"))
+    emit(
+        "gcs_raw",
+        raw_best,
+        "uploads/s",
+        runs=runs["raw"],
+        cpu_ms_per_upload=min(cpu_ms["raw"]),
+        requests_per_upload=raw_requests,
+        size=INGEST_BYTES,
+        threads=Config().gcs_threads,
+    )
+    emit(
+        "gcs_ingest",
+        gcs_best,
+        "webhooks/s",
+        baseline=raw_best,
+        ratio=round(gcs_best / raw_best, 3),
+        target=">= 0.8",
+        runs=runs["gcs"],
+        baseline_runs=runs["raw"],
+        round_ratios=[round(g / r, 2) for g, r in zip(runs["gcs"], runs["raw"], strict=True)],
+        cpu_ms_per_webhook=min(cpu_ms["gcs"]),
+        inline=inline_best,
+        inline_runs=runs["inline"],
+    )
+
+
 async def main_async(args: argparse.Namespace, folder: Path) -> None:
     peers = Peers(folder)
     sink = Sink()
@@ -312,42 +437,9 @@ async def main_async(args: argparse.Namespace, folder: Path) -> None:
         await asyncio.to_thread(peers.start_backends)
         key = await register(peers, await sink.start())
         log(f"relaying one {RELAY_BYTES // MiB} MiB body (chunks of {args.chunk_size // KiB} KiB)")
-        gcs_port = await rss_figures(peers, session, sink, key, args.chunk_size)
-        if args.rounds < 1:
-            return
-
-        inline_port = free_port()
-        peers.hookline(
-            "receiver",
-            "receiver-inline",
-            receiver_port=inline_port,
-            inline_limit=INGEST_BYTES,
-            body_store="fs",
-            body_dir=str(folder / "bodies"),
-        )
-        await asyncio.to_thread(wait_until, lambda: receiver_ready(inline_port), 30, "receiver")
-        redis = redis_client(Config(redis_url=peers.redis_url))
-        best = {"inline": 0.0, "gcs": 0.0}
-        try:
-            for n in range(args.rounds + 1):  # round 0 warms both up and is not counted
-                for path, port in (("inline", inline_port), ("gcs", gcs_port)):
-                    rate = await ingest_round(session, port, key, args.count if n else 200)
-                    if n:
-                        best[path] = max(best[path], rate)
-                    log(f"round {n}: {path} {rate:.0f} webhooks/s")
-                    # As in steady state, where dispatchers drain the stream and delete
-                    # the objects; the emulator also slows down as its bucket fills.
-                    await redis.delete(f"{PREFIX}:stream:default")
-                    await empty_bucket(session, peers)
-        finally:
-            await redis.aclose()
-        emit(
-            "gcs_ingest",
-            best["gcs"],
-            "webhooks/s",
-            baseline=round(best["inline"], 1),
-            ratio=round(best["gcs"] / best["inline"], 3),
-        )
+        gcs = await rss_figures(peers, session, sink, key, args.chunk_size)
+        if args.rounds >= 1:
+            await ingest_figures(args, peers, session, key, gcs)
     finally:
         await session.close()
         await sink.stop()

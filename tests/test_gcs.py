@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import hmac
 import io
@@ -25,9 +26,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from hookline.config import Config, KiB, MiB
-from hookline.errors import BodyMissing, BodyTooLarge
+from hookline.errors import BodyLengthMismatch, BodyMissing, BodyTooLarge, StoreUnavailable
 from hookline.gcs import GcsBodyStore
 from hookline.models import Webhook
 from tests.peers import Endpoint, GcsServer, eventually, free_port, ok
@@ -217,6 +219,212 @@ async def test_store_reports_missing_and_oversize_bodies(gcs_server: GcsServer) 
         await eventually(nothing_left, 5, "the oversize upload to leave nothing")
     finally:
         await store.close()
+
+
+class Requests:
+    """The upload requests a store's GCS client makes, as (method, upload type) in order
+    (the client's own once-per-bucket metadata read, in the background, is left out)."""
+
+    def __init__(self, store: GcsBodyStore) -> None:
+        assert store._client is not None, "the store has not made its client yet"
+        self.made: list[tuple[str, str]] = []
+        store._client._http.hooks["response"].append(self._hook)
+
+    def _hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        url = response.request.url
+        if "upload_id=" in url:
+            self.made.append((response.request.method, "resumable"))
+        elif "uploadType=" in url:
+            kind = url.split("uploadType=", 1)[1].split("&", 1)[0]
+            self.made.append((response.request.method, kind))
+
+    def take(self) -> list[tuple[str, str]]:
+        made, self.made = self.made, []
+        return made
+
+
+async def pieces(body: bytes, piece: int = 100_000) -> AsyncIterator[bytes]:
+    """The body as a receiver hands it over: pieces that do not line up with chunks."""
+    for at in range(0, len(body), piece):
+        yield body[at : at + piece]
+
+
+async def stored_bytes(store: GcsBodyStore, ref: str) -> bytes:
+    return b"".join([chunk async for chunk in store.open(ref)])
+
+
+SINGLE = [("POST", "multipart")]
+
+
+def resumable(chunks: int) -> list[tuple[str, str]]:
+    """A session, then one PUT per chunk (the last one shorter, or empty)."""
+    return [("POST", "resumable")] + [("PUT", "resumable")] * chunks
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+@pytest.mark.parametrize(
+    ("size", "requests"),
+    [
+        (1, SINGLE),
+        (CHUNK - 1, SINGLE),
+        (CHUNK, SINGLE),
+        (CHUNK + 1, resumable(2)),
+        (2 * CHUNK, resumable(3)),  # the client cannot tell the last full chunk is the last
+        (2 * CHUNK + 1, resumable(3)),
+    ],
+    ids=["1", "chunk-1", "chunk", "chunk+1", "2chunks", "2chunks+1"],
+)
+async def test_body_up_to_a_chunk_is_one_request_and_a_longer_one_resumable(
+    gcs_server: GcsServer, size: int, requests: list[tuple[str, str]], declared: bool
+) -> None:
+    store = GcsBodyStore(new_bucket(gcs_server), chunk_size=CHUNK, endpoint=gcs_server.url)
+    try:
+        await store.check()
+        made = Requests(store)
+        sent = body_of(size)
+        ref, stored = await store.put(
+            "msg_path", pieces(sent), 64 * MiB, size if declared else None
+        )
+        assert made.take() == requests
+        assert stored == size
+        got = await stored_bytes(store, ref)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+        assert gcs_server.objects(store.bucket_name) == {ref: size}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"),
+    [
+        (CHUNK // 2, CHUNK // 2 - 1),
+        (CHUNK // 2, CHUNK // 2 + 1),
+        (CHUNK, CHUNK + 1),
+        (3 * CHUNK, 3 * CHUNK - 1),  # short after two chunks were sent: a session to cancel
+        (2 * CHUNK + 5, 3 * CHUNK),
+    ],
+    ids=["single-short", "single-long", "chunk-long", "resumable-short", "resumable-long"],
+)
+async def test_body_not_matching_its_declared_length_is_refused_and_leaves_no_object(
+    gcs_server: GcsServer, declared: int, sent: int
+) -> None:
+    store = GcsBodyStore(new_bucket(gcs_server), chunk_size=CHUNK, endpoint=gcs_server.url)
+    try:
+        await store.check()
+        made = Requests(store)
+        with pytest.raises(BodyLengthMismatch):
+            await store.put("msg_liar", pieces(body_of(sent)), 64 * MiB, declared)
+
+        await store.close()  # waits for the abandoned upload to be cleaned up
+        assert gcs_server.objects(store.bucket_name) == {}
+        if declared <= CHUNK:  # refused before anything was sent
+            assert made.take() == []
+        else:  # the session was opened, fed whole chunks, then cancelled
+            assert made.take()[-1] == ("DELETE", "resumable")
+    finally:
+        await store.close()
+
+
+async def test_receiver_uploads_a_body_of_one_chunk_with_content_length_in_one_request(
+    config: Config, gcs_server: GcsServer, endpoint: Endpoint
+) -> None:
+    bucket = new_bucket(gcs_server)
+    stack, store = await gcs_stack(config, gcs_server, bucket, dispatchers=0)
+    try:
+        _, key = await stack.add_endpoint(endpoint.on("/x", ok))
+        await store.check()
+        made = Requests(store)
+        status, answer = await send(stack, key, body_of(CHUNK))  # a file: Content-Length set
+        assert status == 202, answer
+        assert made.take() == SINGLE
+        [entry] = await stream_entries(stack)
+        assert entry.body_ref is not None
+        assert gcs_server.objects(bucket) == {entry.body_ref: CHUNK}
+    finally:
+        await stack.stop()
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [CHUNK // 2, 3 * CHUNK], ids=["one-request", "resumable"])
+async def test_sender_gone_before_its_declared_length_gets_no_entry_and_no_object(
+    config: Config, gcs_server: GcsServer, endpoint: Endpoint, size: int
+) -> None:
+    bucket = new_bucket(gcs_server)
+    stack, store = await gcs_stack(config, gcs_server, bucket, dispatchers=0)
+    try:
+        _, key = await stack.add_endpoint(endpoint.on("/x", ok))
+        host, port = stack.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST /webhooks/send HTTP/1.1\r\nHost: {host}\r\nX-WH-Endpoint-Key: {key}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+        )
+        writer.write(head.encode() + body_of(size - 1000))
+        await writer.drain()
+        writer.write_eof()  # the sender stops 1,000 bytes short and goes away
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert not answer.startswith(b"HTTP/1.1 2"), answer[:200]
+
+        async def nothing_left() -> bool:
+            return await asyncio.to_thread(gcs_server.objects, bucket) == {}
+
+        await eventually(nothing_left, 10, "the unfinished upload to leave nothing")
+        assert await stream_entries(stack) == []
+    finally:
+        await stack.stop()
+        await store.close()
+
+
+async def test_proxy_settings_of_the_environment_are_honoured(
+    gcs_server: GcsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client reads HTTP_PROXY and NO_PROXY once, when it is made, not per request."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.url}")
+        return web.Response(status=502)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bucket = new_bucket(gcs_server)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        via_proxy = GcsBodyStore(bucket, chunk_size=CHUNK, timeout=1.0, endpoint=gcs_server.url)
+        with pytest.raises(StoreUnavailable):
+            await via_proxy.put("msg_proxied", pieces(b"x" * 100), 1000, 100)
+        assert seen and all(gcs_server.url in line for line in seen), seen
+        await via_proxy.close()
+
+        seen.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = GcsBodyStore(bucket, chunk_size=CHUNK, endpoint=gcs_server.url)
+        await direct.check()  # makes the client
+        monkeypatch.delenv("NO_PROXY")  # read when the client was made: no longer needed
+        ref, _ = await direct.put("msg_direct", pieces(b"x" * 100), 1000, 100)
+        assert gcs_server.objects(bucket) == {ref: 100}
+        assert seen == []
+        await direct.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_failed_upload_is_reported_once_not_again_by_asyncio(
+    gcs_server: GcsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = GcsBodyStore("hookline-no-such-bucket", timeout=1.0, endpoint=gcs_server.url)
+    with pytest.raises(StoreUnavailable):
+        await store.put("msg_nowhere", pieces(b"x" * 100), 1000, 100)
+    await store.close()  # waits for the abandoned upload's cleanup
+    gc.collect()  # asyncio reports an unretrieved exception when its future is collected
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def receiver_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from hookline.errors import BodyMissing, BodyTooLarge, StoreUnavailable
+from hookline.errors import BodyLengthMismatch, BodyMissing, BodyTooLarge, StoreUnavailable
 
 CHUNK = 256 * 1024
 
@@ -43,12 +43,43 @@ def is_body_name(name: str) -> bool:
     return _BODY_NAME.fullmatch(name) is not None
 
 
+class BodyLength:
+    """The bytes of a body so far, held to its cap and to its declared length."""
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit)
+        self.limit = limit
+        self.declared = declared
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Count a chunk before it is stored."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise BodyTooLarge(self.limit)
+        if self.declared is not None and self.size > self.declared:
+            raise BodyLengthMismatch(self.declared, self.size)
+
+    def end(self) -> None:
+        """The body ended: before the step that makes it visible."""
+        if self.declared is not None and self.size != self.declared:
+            raise BodyLengthMismatch(self.declared, self.size)
+
+
 class BodyStore(Protocol):
     async def put(
-        self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int
+        self,
+        webhook_id: str,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        size: int | None = None,
     ) -> tuple[str, int]:
-        """Store the chunks; returns (reference, size). Raises BodyTooLarge past ``limit``
-        (nothing is left behind) and StoreUnavailable when the store cannot take it."""
+        """Store the chunks; returns (reference, size). ``size`` is the body's declared
+        length when the sender gave one (``Content-Length``): a store may choose how to
+        upload by it. Raises BodyTooLarge past ``limit``, BodyLengthMismatch when the
+        chunks do not add up to ``size`` (nothing is left behind either way), and
+        StoreUnavailable when the store cannot take it."""
         ...
 
     def open(self, ref: str) -> AsyncIterator[bytes]:
@@ -86,21 +117,24 @@ class FilesystemBodyStore:
         return path
 
     async def put(
-        self, webhook_id: str, chunks: AsyncIterator[bytes], limit: int
+        self,
+        webhook_id: str,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        size: int | None = None,
     ) -> tuple[str, int]:
         ref = object_name(webhook_id)
         final = self._path(ref)
         tmp = final.with_name(final.name + ".part")
-        size = 0
+        length = BodyLength(limit, size)
         try:
             await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
             f = await asyncio.to_thread(open, tmp, "wb")
             try:
                 async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(limit)
+                    length.add(chunk)
                     await asyncio.to_thread(f.write, chunk)
+                length.end()
                 await asyncio.to_thread(f.flush)
                 await asyncio.to_thread(os.fsync, f.fileno())
             finally:
@@ -112,7 +146,7 @@ class FilesystemBodyStore:
         except BaseException:
             await asyncio.to_thread(_unlink, tmp)
             raise
-        return ref, size
+        return ref, length.size
 
     async def open(self, ref: str) -> AsyncIterator[bytes]:
         path = self._path(ref)

@@ -10,6 +10,7 @@
         ├── InvalidSpec          a definition, setting or argument is wrong
         ├── BodyMissing          a stored body is gone (expired, deleted)
         ├── BodyTooLarge         a body exceeded its cap while streaming
+        ├── BodyLengthMismatch   a body's bytes differ from its declared length
         └── BlockedDestination   the SSRF guard refused an endpoint's address
 
 The split is the retry decision, in the dispatcher and in the operator (as kopf's
@@ -78,6 +79,17 @@ class BodyTooLarge(PermanentError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"body exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class BodyLengthMismatch(PermanentError):
+    """A body's bytes did not add up to the length declared for it (``Content-Length``):
+    the body store refuses it and keeps nothing of it."""
+
+    def __init__(self, declared: int, got: int) -> None:
+        arrived = "more" if got > declared else f"{got}"
+        super().__init__(f"the body was declared as {declared} bytes but {arrived} arrived")
+        self.declared = declared
+        self.got = got
 
 
 class BlockedDestination(PermanentError):

@@ -334,7 +334,7 @@ class Ingest:
                 return Body(body, None, len(body))
             with spans.upload(self.tracing, config.body_store):
                 ref, size = await self.bodies.put(
-                    wid, _chunks(body, request), config.max_body_bytes
+                    wid, _chunks(body, request), config.max_body_bytes, clen
                 )
             return Body(b"", ref, size)
         except BodyTooLarge as exc:
