@@ -26,7 +26,7 @@ from aiohttp import web
 from hookline import spans
 from hookline.bodies import BodyStore
 from hookline.config import Config
-from hookline.errors import BodyTooLarge, StoreNotReached, StoreUnavailable
+from hookline.errors import BodyLengthMismatch, BodyTooLarge, StoreNotReached, StoreUnavailable
 from hookline.http import error, json_errors, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import EVENT_TYPE_RULE, Endpoint, Source, Webhook, new_id, valid_event_type
@@ -339,6 +339,10 @@ class Ingest:
             return Body(b"", ref, size)
         except BodyTooLarge as exc:
             resp = self.refuse(413, "body_too_large", str(exc))
+            resp.force_close()
+            return resp
+        except BodyLengthMismatch as exc:  # aiohttp fails a short body first; never a 500
+            resp = self.refuse(400, "bad_request", str(exc))
             resp.force_close()
             return resp
         except StoreUnavailable as exc:
