@@ -410,7 +410,9 @@ async def test_proxy_settings_of_the_environment_are_honoured(
         monkeypatch.delenv("NO_PROXY")  # read when the client was made: no longer needed
         ref, _ = await direct.put("msg_direct", pieces(b"x" * 100), 1000, 100)
         assert gcs_server.objects(bucket) == {ref: 100}
-        assert seen == []
+        # The proxied client's clean-up of its failed upload may still reach its proxy now
+        # (it runs in the background); none of the direct client's requests may.
+        assert [line for line in seen if "msg_proxied" not in line] == [], seen
         await direct.close()
     finally:
         await runner.cleanup()
