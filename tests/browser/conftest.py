@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from hookline.config import Config
 from tests.peers import RedisServer
 from tests.stack import Stack, stack_config
-from tests.tracing.conftest import dispatcher_tracing, receiver_tracing
+from tests.tracing.conftest import traced_stack
 from tests.tracing.jaeger import JaegerFailed, JaegerServer, ui_assets
 
 FIX = (
@@ -70,16 +70,8 @@ def config(redis_server: RedisServer, tmp_path: Path) -> Config:
 @pytest.fixture
 async def traced(config: Config, jaeger_ui: JaegerServer) -> AsyncIterator[Stack]:
     """A stack whose receiver (OTLP/HTTP) and dispatcher (OTLP/gRPC) trace into it."""
-    stack = Stack(
-        config,
-        receiver_tracing=receiver_tracing(config, jaeger_ui),
-        dispatcher_tracing=dispatcher_tracing(config, jaeger_ui),
-    )
-    await stack.start()
-    yield stack
-    await stack.stop()
-    await stack.receiver_tracing.close()
-    await stack.dispatcher_tracing.close()
+    async with traced_stack(config, jaeger_ui) as stack:
+        yield stack
 
 
 @pytest.fixture

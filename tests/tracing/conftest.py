@@ -8,6 +8,7 @@ exporters are exercised against the real Jaeger.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -44,9 +45,9 @@ def dispatcher_tracing(config: Config, jaeger: JaegerServer) -> Tracing:
     return setup(config, DISPATCHER, env, install_global=False)
 
 
-@pytest.fixture
-async def traced(config: Config, jaeger: JaegerServer) -> AsyncIterator[Stack]:
-    """A stack whose receiver and dispatcher trace into the session's Jaeger."""
+@contextlib.asynccontextmanager
+async def traced_stack(config: Config, jaeger: JaegerServer) -> AsyncIterator[Stack]:
+    """A stack whose receiver (OTLP/HTTP) and dispatcher (OTLP/gRPC) trace into ``jaeger``."""
     stack = Stack(
         config,
         receiver_tracing=receiver_tracing(config, jaeger),
@@ -57,6 +58,13 @@ async def traced(config: Config, jaeger: JaegerServer) -> AsyncIterator[Stack]:
     await stack.stop()
     await stack.receiver_tracing.close()
     await stack.dispatcher_tracing.close()
+
+
+@pytest.fixture
+async def traced(config: Config, jaeger: JaegerServer) -> AsyncIterator[Stack]:
+    """A stack that traces into the session's Jaeger."""
+    async with traced_stack(config, jaeger) as stack:
+        yield stack
 
 
 @pytest.fixture
