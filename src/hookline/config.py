@@ -51,6 +51,11 @@ class Config:
     )
     idempotency_ttl: float = _setting(86400.0, "how long an Idempotency-Key maps to its first id")
     retry_after: float = _setting(1.0, "Retry-After seconds sent with a 503")
+    gc_young: int = _setting(
+        20_000,
+        "receiver and dispatcher: allocations between two young-generation garbage "
+        "collections (Python's default is 700); 0 keeps Python's defaults",
+    )
 
     # bodies
     body_store: str = _setting("fs", "where large bodies go: 'fs' (a folder) or 'gcs'")

@@ -27,6 +27,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     tracing = telemetry.setup(config, telemetry.DISPATCHER)
     session = runtime.client_session(config)
     dispatcher = Dispatcher(config, cache, store, bodies, metrics, session, tracing=tracing)
+    runtime.tune_gc(config)
 
     async def ready() -> str | None:
         if not cache.loaded.is_set():

@@ -23,6 +23,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     cache = RegistryCache(store.registry, config.registry_refresh)
     metrics = Metrics()
     app = create_app(config, cache, store.queue, bodies, metrics, tracing)
+    runtime.tune_gc(config)
     try:
         await serve(app, config, metrics, stop)
     finally:
