@@ -22,7 +22,7 @@ async def test_queue_reports_lag_and_pending_of_the_consumer_group(config: Confi
         await queue.ensure_group("p")
         read = await queue.read("p", "c1", 2, block_ms=10)
         assert await figures.group("p") == {"lag": 3, "pending": 2, "consumers": 1}
-        await queue.delivered("p", *read[0])
+        await queue.delivered("p", read[0].msg_id, read[0].webhook)
         assert await figures.group("p") == {"lag": 3, "pending": 1, "consumers": 1}
         backlog = await figures.backlog("p")
         assert backlog["stream"] == 4  # lag + pending: settled entries leave the stream
@@ -46,17 +46,17 @@ async def test_waiting_ages_count_from_when_redis_added_the_oldest_entry(config:
         # No consumer group yet (no dispatcher ever ran): every entry is unread.
         assert await figures.waiting("w", now=added + 90) == Waiting(90.0, 90.0)
         await queue.ensure_group("w")
-        [(msg_id, webhook)] = await queue.read("w", "c1", 1, block_ms=10)
-        assert msg_id == first
+        [entry] = await queue.read("w", "c1", 1, block_ms=10)
+        assert entry.msg_id == first
         later = await figures.waiting("w", now=added + 90)
         assert later.oldest == 90.0  # read, in flight: still waiting to be settled
         assert 0 < later.unread <= 90.0  # the next entry, added a moment after the first
-        await queue.delivered("w", msg_id, webhook)
+        await queue.delivered("w", entry.msg_id, entry.webhook)
         rest = await queue.read("w", "c1", 10, block_ms=10)
         assert len(rest) == 2
         assert (await figures.waiting("w", now=added + 90)).unread == 0.0  # all read
-        for msg_id, webhook in rest:
-            await queue.delivered("w", msg_id, webhook)
+        for entry in rest:
+            await queue.delivered("w", entry.msg_id, entry.webhook)
         assert await figures.waiting("w") == Waiting(0.0, 0.0)
     finally:
         await store.aclose()

@@ -266,6 +266,11 @@ def endpoint_from_spec(
         raise InvalidSpec(f"invalid endpoint spec: {exc}") from exc
 
 
+# The start of a packed webhook (Webhook.pack): its id, endpoint and creation time. Endpoint
+# names are Kubernetes names ("namespace/name"), which JSON never escapes.
+_ROUTE = re.compile(rb'\{"id":"[^"\\]*","ep":"([^"\\]*)","t":(\d+),').match
+
+
 @dataclass(slots=True)
 class Webhook:
     """One accepted webhook as it travels through the queue."""
@@ -293,14 +298,14 @@ class Webhook:
     def pack(self) -> bytes:
         """The queue entry: one line of compact JSON (everything but the body), a newline,
         then the body's bytes as they came (none when the body is shared or stored apart)."""
-        meta: dict[str, Any] = {
+        meta: dict[str, Any] = {  # id, ep and t first: see route_of
             "id": self.id,
             "ep": self.endpoint,
+            "t": self.created_ms,
             "h": self.headers,
             "ref": self.body_ref,
             "sz": self.size,
             "n": self.attempt,
-            "t": self.created_ms,
             "tc": self.trace,
         }
         if self.source is not None:
@@ -326,6 +331,16 @@ class Webhook:
             source=m.get("src"),
             shared=bool(m.get("sh")),
         )
+
+    @staticmethod
+    def route_of(data: bytes) -> tuple[str, int] | None:
+        """The endpoint and the creation time (ms) of a packed webhook, read off the start
+        of its first line without unpacking it: what the dispatcher needs to decide that
+        an entry waits (paused, throttled or hanging endpoint) without building the
+        webhook. None for an entry packed in another order (before this was added): unpack
+        it then."""
+        found = _ROUTE(data)
+        return None if found is None else (found[1].decode(), int(found[2]))
 
     @staticmethod
     def body_ref_of(data: bytes) -> str | None:

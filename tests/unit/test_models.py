@@ -18,6 +18,7 @@ from hookline.models import (
     endpoint_from_spec,
     key_hash,
 )
+from hookline.store.queue import UNREADABLE, Entry
 
 CONFIG = Config(retry_attempts=7, retry_base=1.5, delivery_timeout=4.0)
 
@@ -112,6 +113,17 @@ def test_the_body_reference_reads_from_the_entry_without_its_body() -> None:
     assert Webhook.body_ref_of(inline.pack()) is None
     assert Webhook.body_ref_of(b'{"ref":"2026/12/02/msg_4", broken') is None
     assert Webhook.body_ref_of(b"") is None
+
+
+def test_the_endpoint_and_age_read_from_the_entry_without_unpacking_it() -> None:
+    hook = Webhook("msg_5", "shop/orders", {"x": '","ep":"evil/one","t":1,'}, b"{}", created_ms=17)
+    assert Webhook.route_of(hook.pack()) == ("shop/orders", 17)
+    # Packed in the order of earlier versions (the time after the headers): unpacked then.
+    older = b'{"id":"msg_6","ep":"shop/orders","h":{},"ref":null,"sz":2,"n":0,"t":18,"tc":{}}\n{}'
+    assert Webhook.route_of(older) is None
+    assert Entry(b"1-0", older).route() == ("shop/orders", 18)
+    assert Webhook.route_of(b"not an entry") is None
+    assert Entry(b"1-1", b"not an entry").route() == (UNREADABLE, 0)  # to the dead letter
 
 
 def test_a_rotated_out_secret_signs_until_its_time_and_the_current_one_always() -> None:

@@ -29,7 +29,7 @@ import asyncio
 import os
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from hookline.config import Config
@@ -69,7 +69,9 @@ class Gates:
         self._starts: dict[str, dict[int, float]] = {}
         self._latency: dict[str, float] = {}  # endpoint → moving average, seconds
         self._next_slot: dict[str, float] = {}  # endpoint → when the last deferral was sent
-        self._freed: dict[str, asyncio.Condition] = {}  # endpoint → a local slot came free
+        # endpoint → attempts waiting for one of its local slots, oldest first; a slot that
+        # comes free is handed to the first (its future gets True) without being uncounted
+        self._waiting: dict[str, deque[asyncio.Future[bool]]] = {}
         self._health: dict[str, tuple[int, float]] = {}  # endpoint → (streak, open until)
 
     def in_flight(self, endpoint_id: str) -> int:
@@ -105,15 +107,23 @@ class Gates:
             if not probe:
                 return Deferred("circuit half-open: a probe is in flight", self._short())
         cap = self._cap(endpoint)
-        if self._local[endpoint.id] >= cap and not await self._local_slot(endpoint.id, cap):
+        if self._local[endpoint.id] < cap:
+            self._local[endpoint.id] += 1
+        elif not await self._local_slot(endpoint.id):
             await self.leases.release(endpoint.id, None, probe)
             delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
             return Deferred("endpoint at its concurrency limit", delay)
+        # This attempt holds one of the endpoint's local slots from here on.
         lease = None
         if endpoint.max_in_flight or endpoint.rate_limit:
             lease = os.urandom(8).hex()
-            wait = await self.leases.admit(endpoint, lease)
+            try:
+                wait = await self.leases.admit(endpoint, lease)
+            except BaseException:
+                self._free_slot(endpoint.id)
+                raise
             if wait:
+                self._free_slot(endpoint.id)
                 await self.leases.release(endpoint.id, None, probe)
                 if wait < 0:
                     delay = self._spread(endpoint.id, cap, timeout=endpoint.timeout_seconds)
@@ -121,7 +131,6 @@ class Gates:
                 assert endpoint.rate_limit is not None
                 spread = self._spread(endpoint.id, 1, 1 / endpoint.rate_limit.per_second)
                 return Deferred("endpoint rate limit", max(wait / 1000, spread))
-        self._local[endpoint.id] += 1
         ticket = Ticket(
             endpoint.id, time.monotonic(), lease if endpoint.max_in_flight else None, probe
         )
@@ -130,19 +139,13 @@ class Gates:
 
     async def release(self, ticket: Ticket) -> None:
         ep = ticket.endpoint
-        self._local[ep] -= 1
-        if self._local[ep] <= 0:
-            del self._local[ep]
+        self._free_slot(ep)
         starts = self._starts.get(ep, {})
         starts.pop(id(ticket), None)
         if not starts:
             self._starts.pop(ep, None)
         took = time.monotonic() - ticket.started
         self._latency[ep] = 0.8 * self._latency.get(ep, took) + 0.2 * took
-        freed = self._freed.get(ep)
-        if freed is not None:
-            async with freed:
-                freed.notify()
         await self.leases.release(ticket.endpoint, ticket.lease, ticket.probe)
 
     def observe(self, endpoint_id: str, settled: Settled | None) -> None:
@@ -196,21 +199,39 @@ class Gates:
             return False
         return self._latency_now(endpoint_id, time.monotonic()) <= FAST_ENDPOINT
 
-    async def _local_slot(self, endpoint_id: str, cap: int) -> bool:
+    async def _local_slot(self, endpoint_id: str) -> bool:
         """Wait briefly for one of this process's slots of a *fast* endpoint: for an
         endpoint answering in milliseconds, a slot frees sooner than a deferral would
-        come back, and costs no Redis round trip. A slow endpoint is not waited for."""
+        come back, and costs no Redis round trip. A slow endpoint is not waited for.
+        True: a slot was handed over, counted for this attempt."""
         if not self._fast(endpoint_id):
             return False
-        freed = self._freed.setdefault(endpoint_id, asyncio.Condition())
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[bool] = loop.create_future()
+        self._waiting.setdefault(endpoint_id, deque()).append(handed)
+        timer = loop.call_later(FAST_ENDPOINT, _settle, handed, False)
         try:
-            async with freed:
-                await asyncio.wait_for(
-                    freed.wait_for(lambda: self._local[endpoint_id] < cap), FAST_ENDPOINT
-                )
-        except TimeoutError:
-            return False
-        return True
+            return await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled() and handed.result():
+                self._free_slot(endpoint_id)  # handed over as this attempt was cancelled
+            raise
+        finally:
+            timer.cancel()
+
+    def _free_slot(self, endpoint_id: str) -> None:
+        """A local slot of the endpoint comes free: handed to the oldest attempt waiting
+        for one (it stays counted), else uncounted."""
+        waiting = self._waiting.get(endpoint_id)
+        while waiting:
+            handed = waiting.popleft()
+            if not handed.done():
+                handed.set_result(True)
+                return
+        self._waiting.pop(endpoint_id, None)
+        self._local[endpoint_id] -= 1
+        if self._local[endpoint_id] <= 0:
+            del self._local[endpoint_id]
 
     def _spread(
         self, endpoint_id: str, cap: int, step: float | None = None, timeout: float = 0.0
@@ -237,3 +258,8 @@ class Gates:
         slot = max(self._next_slot.get(endpoint_id, now), now) + step
         self._next_slot[endpoint_id] = slot
         return max(slot - now, least) * random.uniform(1.0, 1.1)
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -39,7 +39,7 @@ from hookline.errors import BlockedDestination, BodyMissing, StoreUnavailable
 from hookline.metrics import Metrics
 from hookline.models import Deferred, Delivered, Endpoint, Failed, Outcome, Rejected, Webhook
 from hookline.signing import Signer
-from hookline.store import GROUP, RegistryCache, Settled, Store
+from hookline.store import GROUP, Entry, RegistryCache, Settled, Store
 from hookline.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ USER_AGENT = "hookline/0.1 (+https://hookline.dev)"
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """An endpoint's deadline as aiohttp takes it, made once per distinct value."""
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 @dataclass(slots=True)
@@ -87,6 +93,11 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._read_min = max(1, min(config.read_batch, config.concurrency) // 4)
         self._stopping = asyncio.Event()
+        # The outcomes' counters, counted as plain integers (hookline.metrics.Tally).
+        self._outcomes = {
+            kind: metrics.tally(metrics.deliveries.labels(kind))
+            for kind in ("delivered", "deferred", "failed", "rejected")
+        }
         self.reaper: Reaper | None = None
         if config.body_reap_interval > 0:
             self.reaper = Reaper(config, store, bodies, metrics, holder=self.consumer)
@@ -140,22 +151,23 @@ class Dispatcher:
             await asyncio.gather(*unfinished, return_exceptions=True)
         await self.cache.stop()
 
-    def _start(self, entries: list[tuple[bytes, Webhook]]) -> None:
+    def _start(self, entries: list[Entry]) -> None:
         """Start a delivery for each entry — except those whose endpoint cannot take them
         now (paused, circuit open, saturated and slow): they go back on the schedule in
-        one call, with no task and no attempt, so a hanging endpoint's backlog costs the
-        other endpoints little more than reading it."""
+        one call, with no task, no attempt and without being unpacked, so a hanging
+        endpoint's backlog costs the other endpoints little more than reading it."""
         handle = self._handle_traced if self.tracing.enabled else self._handle
         now = time.time()
         put_off: list[tuple[bytes, float]] = []
-        for msg_id, webhook in entries:
+        for entry in entries:
+            msg_id = entry.msg_id
             if msg_id in self._handling:  # reclaimed from ourselves: already in flight
                 continue
-            refused = self._refusal(webhook, now)
+            refused = self._refusal(*entry.route(), now)
             if refused is not None:
                 put_off.append((msg_id, refused.delay))
                 continue
-            self._spawn(msg_id, handle(msg_id, webhook))
+            self._spawn(msg_id, handle(msg_id, entry.webhook))
         if put_off:
             self._spawn(None, self._defer(put_off))
         self.metrics.in_flight.set(len(self._inflight))
@@ -168,14 +180,14 @@ class Dispatcher:
         self._inflight.add(task)
         task.add_done_callback(self._done)
 
-    def _refusal(self, webhook: Webhook, now: float) -> Deferred | None:
+    def _refusal(self, endpoint_id: str, created_ms: int, now: float) -> Deferred | None:
         """The deferral of a webhook that can be decided without a delivery task; None
         when the full path must decide (unknown, disabled or too old: the dead letter)."""
-        endpoint = self.cache.get(webhook.endpoint)
+        endpoint = self.cache.get(endpoint_id)
         if (
             endpoint is None
             or self.cache.disabled_reason(endpoint.id)
-            or now - webhook.created_ms / 1000 > endpoint.retry.max_age_seconds
+            or now - created_ms / 1000 > endpoint.retry.max_age_seconds
         ):
             return None
         if endpoint.paused:
@@ -188,7 +200,7 @@ class Dispatcher:
         except StoreUnavailable as exc:  # left pending; tried again after claim_idle
             log.warning("could not defer %d entries: %s", len(entries), exc)
             return
-        self.metrics.deliveries.labels("deferred").inc(len(entries))
+        self._outcomes["deferred"].n += len(entries)
 
     def _finished(self, msg_id: bytes, _: asyncio.Task[None]) -> None:
         self._handling.discard(msg_id)
@@ -365,7 +377,7 @@ class Dispatcher:
 
     async def post(self, endpoint: Endpoint, request: Request) -> Outcome:
         """POST the request once; never raises for anything the endpoint or network does."""
-        timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
+        timeout = _timeout(endpoint.timeout_seconds)
         start = time.monotonic()
         try:
             async with spans.post(
@@ -410,8 +422,7 @@ class Dispatcher:
         self, msg_id: bytes, webhook: Webhook, endpoint: Endpoint, outcome: Outcome, sent: bool
     ) -> None:
         now = time.time()
-        kind = type(outcome).__name__.lower()
-        self.metrics.deliveries.labels(kind).inc()
+        self._outcomes[type(outcome).__name__.lower()].n += 1
         if isinstance(outcome, Delivered):
             if self.config.fault_ack_delay:
                 await asyncio.sleep(self.config.fault_ack_delay)

@@ -27,7 +27,7 @@ from hookline.store.deadletters import DeadLetter, DeadLetters
 from hookline.store.figures import Figures, Waiting
 from hookline.store.keys import GROUP, Keys
 from hookline.store.leases import Lease, Leases, ReaperLease, ScalerLease
-from hookline.store.queue import Queue, Settled
+from hookline.store.queue import Entry, Queue, Settled
 from hookline.store.references import References
 from hookline.store.registry import SOURCE, Registry, RegistryCache, Subscriptions
 
@@ -37,6 +37,7 @@ __all__ = [
     "Connection",
     "DeadLetter",
     "DeadLetters",
+    "Entry",
     "Figures",
     "Keys",
     "Lease",

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from hookline.errors import StoreNotReached, StoreUnavailable
@@ -171,9 +171,7 @@ class Queue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(
-        self, pool: str, consumer: str, count: int, block_ms: int
-    ) -> list[tuple[bytes, Webhook]]:
+    async def read(self, pool: str, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """New entries for this consumer."""
         streams: dict[Any, Any] = {self.keys.stream(pool): ">"}
         resp = await self._consume(
@@ -181,16 +179,14 @@ class Queue:
         )
         if not resp:
             return []
-        return [(mid, unpack(fields)) for mid, fields in resp[0][1]]
+        return [Entry(mid, fields.get(b"d", b"")) for mid, fields in resp[0][1]]
 
     async def shared_body(self, webhook_id: str) -> bytes | None:
         """The body a source's event keeps once for all its deliveries; None when gone."""
         raw = await self.conn.call("queue", "HGET", self.keys.body(webhook_id), "b")
         return None if raw is None else bytes(raw)
 
-    async def claim(
-        self, pool: str, consumer: str, min_idle: float, count: int
-    ) -> list[tuple[bytes, Webhook]]:
+    async def claim(self, pool: str, consumer: str, min_idle: float, count: int) -> list[Entry]:
         """Take over entries another consumer left pending for ``min_idle`` seconds."""
         start = self._claim_cursor.get(pool, "0-0")
         resp = await self._consume(
@@ -202,7 +198,7 @@ class Queue:
         if not resp:
             return []
         self._claim_cursor[pool] = text(resp[0])
-        return [(mid, unpack(fields)) for mid, fields in resp[1] if fields]
+        return [Entry(mid, fields.get(b"d", b"")) for mid, fields in resp[1] if fields]
 
     async def _consume(self, pool: str, call: Any) -> Any:
         """A group read; a group Redis lost (restart, flush) is made again, read as empty."""
@@ -240,7 +236,7 @@ class Queue:
         when another consumer had settled the entry already; ``duplicates`` says how many
         duplicates this delivery was counted as. Deliveries recorded in the same turn of
         the event loop share one script call."""
-        log_entry = json.dumps(attempt or {"at": time.time()})
+        log_entry = orjson.dumps(attempt or {"at": time.time()})
         result = await self._delivered.add(pool, msg_id, webhook, log_entry)
         if result == -1:
             return _ALREADY_SETTLED
@@ -292,7 +288,7 @@ class Queue:
         ]
         if webhook.source:
             keys.append(self.keys.source_stats(webhook.source))
-        fail = json.dumps(failure) if failure else ""
+        fail = orjson.dumps(failure) if failure else b""
         args = [GROUP, msg_id, uid, now + int(delay * 1000), webhook.pack(), fail, now]
         args += [*self._health_args, webhook.delivery, int(sent)]
         raw = await self.conn.run("queue", scripts.RESCHEDULE, keys, args)
@@ -326,7 +322,7 @@ class Queue:
         ]
         if webhook.source:
             keys.append(self.keys.source_stats(webhook.source))
-        fail = json.dumps(failure) if failure else ""
+        fail = orjson.dumps(failure) if failure else b""
         args: list[Any] = [GROUP, msg_id or "", webhook.pack(), reason, pool, webhook.endpoint]
         args += [fail, now_ms(), *self._health_args, webhook.delivery]
         raw = await self.conn.run("queue", scripts.DEAD, keys, args)
@@ -387,10 +383,39 @@ def _resolve(call: asyncio.Future[Any], entries: Sequence[tuple[Any, ...]]) -> N
 UNREADABLE = "?unreadable"
 
 
+class Entry:
+    """A stream entry as read: its id and its packed webhook, unpacked when first asked
+    for (:attr:`webhook`); :meth:`route` reads only what decides whether it waits."""
+
+    __slots__ = ("_webhook", "data", "msg_id")
+
+    def __init__(self, msg_id: bytes, data: bytes) -> None:
+        self.msg_id = msg_id
+        self.data = data
+        self._webhook: Webhook | None = None
+
+    @property
+    def webhook(self) -> Webhook:
+        if self._webhook is None:
+            self._webhook = _unpack(self.data)
+        return self._webhook
+
+    def route(self) -> tuple[str, int]:
+        """The webhook's endpoint and creation time (ms)."""
+        route = Webhook.route_of(self.data)
+        if route is None:
+            webhook = self.webhook
+            return webhook.endpoint, webhook.created_ms
+        return route
+
+
 def unpack(fields: dict[bytes, bytes]) -> Webhook:
     """The entry's webhook; an entry that cannot be read becomes one addressed to the
     endpoint ``?unreadable`` that carries the raw entry, so it ends in the dead letter."""
-    raw = fields.get(b"d", b"")
+    return _unpack(fields.get(b"d", b""))
+
+
+def _unpack(raw: bytes) -> Webhook:
     try:
         return Webhook.unpack(raw)
     except (KeyError, ValueError, TypeError):
