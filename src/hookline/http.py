@@ -32,7 +32,12 @@ async def json_errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        return http_error(exc)
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error answer (no such route, a method the route lacks) as JSON."""
+    return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
 
 
 def probe_routes(

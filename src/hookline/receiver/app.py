@@ -27,7 +27,7 @@ from hookline import spans
 from hookline.bodies import BodyStore
 from hookline.config import Config
 from hookline.errors import BodyLengthMismatch, BodyTooLarge, StoreNotReached, StoreUnavailable
-from hookline.http import error, json_errors, probe_routes
+from hookline.http import error, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import EVENT_TYPE_RULE, Endpoint, Source, Webhook, new_id, valid_event_type
 from hookline.receiver.frontdoor import FIRST_BYTE, deadline
@@ -491,9 +491,7 @@ def create_app(
     metrics: Metrics,
     tracing: Tracing = OFF,
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[deadline, json_errors], client_max_size=config.max_body_bytes
-    )
+    app = web.Application(middlewares=[deadline], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[CACHE] = cache
     app[QUEUE] = queue

@@ -40,7 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hookline.config import Config
-from hookline.http import error
+from hookline.http import error, http_error
 from hookline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -276,16 +276,24 @@ class FrontDoor(RequestHandler):
 
 @web.middleware
 async def deadline(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Tells the connection that its request's head is complete and when it began."""
-    door = request.protocol
-    if not isinstance(door, FrontDoor):
-        return await handler(request)  # type: ignore[no-any-return]
-    request[FIRST_BYTE] = door.request_started()
+    """The receiver's one middleware (each one more wraps every request in coroutines of
+    its own): tells the connection that its request's head is complete and when it began,
+    and answers aiohttp's own errors (no such route, a method it lacks) in JSON, as
+    :func:`hookline.http.json_errors` does for the other components."""
+    door = request.protocol if isinstance(request.protocol, FrontDoor) else None
+    if door is not None:
+        request[FIRST_BYTE] = door.request_started()
+    response: web.StreamResponse
     try:
-        response: web.StreamResponse = await handler(request)
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = http_error(exc)
     finally:
-        door.request_finished()
-    if not request.content.is_eof():
+        if door is not None:
+            door.request_finished()
+    if door is not None and not request.content.is_eof():
         # A body the handler left unread closes the connection after the answer: the
         # bytes still to come are no next request's head.
         response.force_close()
