@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from hookline.config import Config
 from hookline.errors import StoreUnavailable
 from hookline.models import Webhook, new_id
-from hookline.store import Store
+from hookline.store import GROUP, Entry, Store
 from tests.peers import RedisServer, eventually, free_port, require_binary
 
 
@@ -68,7 +68,7 @@ async def test_deliveries_settled_together_are_each_acknowledged_and_reclaimed_o
     assert await store.redis.hlen(store.keys.sending("default")) == 0  # type: ignore[misc]
 
 
-def ids(entries: list[tuple[bytes, Webhook]]) -> list[tuple[bytes, str]]:
+def ids(entries: list[Entry]) -> list[tuple[bytes, str]]:
     return [(mid, wh.id) for mid, wh in entries]
 
 
@@ -133,6 +133,26 @@ async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
     again = await store.queue.read("default", "c1", 10, block_ms=100)
     assert [wh for _, wh in again] == sent[1:]
     assert (await store.figures.stats("test/a")).get("failed") is None  # a deferral is no attempt
+
+
+async def test_a_read_without_waiting_takes_what_is_there_and_remakes_a_lost_group(
+    store: Store,
+) -> None:
+    """``block_ms=None``: a busy dispatcher's read, on the pipelined connection."""
+    sent = [replace(webhook(), body=bytes([i, 0xFF])) for i in range(3)]
+    for wh in sent:
+        await store.queue.enqueue("default", wh)
+    read = await store.queue.read("default", "c1", 2, block_ms=None)
+    assert [wh for _, wh in read] == sent[:2]
+    assert [wh for _, wh in await store.queue.read("default", "c1", 5, None)] == sent[2:]
+    assert await store.queue.read("default", "c1", 5, block_ms=None) == []
+    # Redis lost the group (as after a flush): made again, that read empty; the next one
+    # takes every entry still in the stream again, the three unsettled ones included.
+    assert await store.redis.xgroup_destroy(store.queue.stream("default"), GROUP) == 1
+    assert await store.queue.read("default", "c1", 5, block_ms=None) == []
+    later = replace(webhook(), body=b"{}")
+    await store.queue.enqueue("default", later)
+    assert [wh for _, wh in await store.queue.read("default", "c1", 5, None)] == [*sent, later]
 
 
 async def test_settling_works_after_redis_lost_its_script_cache(store: Store) -> None:

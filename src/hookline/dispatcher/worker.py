@@ -221,16 +221,21 @@ class Dispatcher:
         return free
 
     async def _read_loop(self) -> None:
+        busy = False  # the last read took all it asked for: more are likely waiting
         while not self._stopping.is_set():
             free = await self._free_slots()
+            count = min(free, self.config.read_batch)
             try:
+                # A busy dispatcher reads what is there without blocking, on the pipelined
+                # connection; an idle one waits for the next entry.
                 entries = await self.queue.read(
-                    self.pool, self.consumer, min(free, self.config.read_batch), block_ms=1000
+                    self.pool, self.consumer, count, block_ms=None if busy else 1000
                 )
             except StoreUnavailable as exc:
                 log.warning("read: %s", exc)
                 await self._pause(1.0)
                 continue
+            busy = len(entries) >= count
             self._start(entries)
 
     async def _claim_loop(self) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,9 +171,19 @@ class Queue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, pool: str, consumer: str, count: int, block_ms: int) -> list[Entry]:
-        """New entries for this consumer."""
-        streams: dict[Any, Any] = {self.keys.stream(pool): ">"}
+    async def read(self, pool: str, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries for this consumer, waiting up to ``block_ms`` for the first; with
+        ``block_ms`` None, only those already there, through the pipelined connection
+        (hiredis's lists, no dict per entry: a busy dispatcher's reads; a blocking read
+        must never go through it)."""
+        stream = self.keys.stream(pool)
+        if block_ms is None:
+            command = ("XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", stream)
+            resp = await self._consume(pool, self.conn.call("queue", *command, ">"))
+            if not resp:
+                return []
+            return [Entry(mid, _field(fields, b"d")) for mid, fields in resp[0][1]]
+        streams: dict[Any, Any] = {stream: ">"}
         resp = await self._consume(
             pool, self.conn.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
         )
@@ -206,7 +216,8 @@ class Queue:
             with self.conn.errors("queue"):
                 return await call
         except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, ResponseError) or "NOGROUP" not in str(exc):
+            lost = isinstance(exc.__cause__, (ResponseError, WireError)) and "NOGROUP" in str(exc)
+            if not lost:
                 raise
         await self.ensure_group(pool)
         return None
@@ -383,9 +394,19 @@ def _resolve(call: asyncio.Future[Any], entries: Sequence[tuple[Any, ...]]) -> N
 UNREADABLE = "?unreadable"
 
 
+def _field(fields: list[bytes] | None, name: bytes) -> bytes:
+    """A field of a stream entry as hiredis hands it over: [name, value, name, value...]."""
+    if fields:
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == name:
+                return fields[i + 1]
+    return b""
+
+
 class Entry:
     """A stream entry as read: its id and its packed webhook, unpacked when first asked
-    for (:attr:`webhook`); :meth:`route` reads only what decides whether it waits."""
+    for (:attr:`webhook`); :meth:`route` reads only what decides whether it waits. It
+    unpacks as the pair ``(msg_id, webhook)``."""
 
     __slots__ = ("_webhook", "data", "msg_id")
 
@@ -393,6 +414,9 @@ class Entry:
         self.msg_id = msg_id
         self.data = data
         self._webhook: Webhook | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.msg_id, self.webhook))
 
     @property
     def webhook(self) -> Webhook:
