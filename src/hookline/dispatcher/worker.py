@@ -232,6 +232,11 @@ class Dispatcher:
                 await self._pause(1.0)
                 continue
             self._start(entries)
+            if len(entries) < self._read_min and self.config.read_linger:
+                # A quiet stream: what arrives meanwhile is read, recorded (sending) and
+                # settled together, one wake-up and one script call for several entries
+                # instead of each; a busy one (a full read) is read again at once.
+                await asyncio.sleep(self.config.read_linger)
 
     async def _claim_loop(self) -> None:
         interval = max(0.2, min(5.0, self.config.claim_idle / 4))
