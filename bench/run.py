@@ -11,6 +11,10 @@ Measured in one run on this machine, on loopback only:
 * ``isolation``  the healthy sink's delivery rate while one dispatcher drains a stream in
                  which every other webhook is for an endpoint that answers 10 s late,
                  vs. the same drain without those webhooks (issue 3)
+* ``cpu_us_per_webhook_at_100``, ``_at_1000``, ``_saturated``  whole-system CPU (receiver +
+                 dispatcher + Redis) per webhook at 100/s and 1,000/s offered open loop
+                 and at saturation, receiver, dispatcher and sink running together (issue
+                 17; :meth:`Bench.cost` says how each is measured)
 * ``fanout_ingest``  events/s and deliveries queued/s per receiver core with a source's key
                  whose event goes to 1, 10 and 100 subscribers, vs. an endpoint's own key
 * ``fanout_delivery``  deliveries/s per dispatcher core of events fanned out to 10
@@ -22,6 +26,12 @@ The process under test runs on CPU 0; the load generator, the sink and a private
 ``redis-server`` (no persistence unless ``--aof``: then AOF with fsync every
 second) share CPU 1. Baseline and hookline alternate for ``--rounds`` rounds and
 the best of each is reported, which damps noise from other work on the machine.
+The ``ingest``, ``delivery`` and ``e2e_p99_ms`` lines also carry figures that move less
+with the machine than rates do: ``cpu_us_per_webhook`` (the process under test;
+receiver + dispatcher for e2e), ``baseline_cpu_us_per_webhook``, and Redis's share from
+its ``INFO cpu`` and ``INFO commandstats`` deltas over the run (``redis_cpu_us_per_webhook``,
+``redis_calls_per_webhook``, ``redis_calls`` by command; the benchmark's own calls are
+taken off, commands run inside scripts count as calls).
 Then every script of :data:`EXTRA_SCRIPTS` that exists runs and its JSON lines
 are passed through. Progress goes to stderr, results to stdout.
 """
