@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -133,6 +134,21 @@ async def test_deferred_entries_come_back_unchanged_and_settled_ones_do_not(
     again = await store.queue.read("default", "c1", 10, block_ms=100)
     assert [wh for _, wh in again] == sent[1:]
     assert (await store.figures.stats("test/a")).get("failed") is None  # a deferral is no attempt
+
+
+async def test_the_mover_learns_when_the_next_retry_is_due(store: Store) -> None:
+    """What lets an idle dispatcher's mover sleep until then instead of polling."""
+    queue = store.queue
+    assert await queue.move_due_next("default") == (0, None)  # nothing scheduled
+    await asyncio.gather(*(queue.enqueue("default", webhook()) for _ in range(2)))
+    read = await queue.read("default", "c1", 10, block_ms=100)
+    now = time.time()
+    assert await queue.defer("default", [(read[0][0], 0.2), (read[1][0], 30.0)]) == 2
+    moved, next_at = await queue.move_due_next("default")
+    assert moved == 0 and next_at is not None and now + 0.1 < next_at < now + 0.5
+    await asyncio.sleep(0.3)
+    moved, next_at = await queue.move_due_next("default")
+    assert moved == 1 and next_at is not None and now + 29 < next_at < now + 31
 
 
 async def test_settling_works_after_redis_lost_its_script_cache(store: Store) -> None:
