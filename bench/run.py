@@ -11,6 +11,10 @@ Measured in one run on this machine, on loopback only:
 * ``isolation``  the healthy sink's delivery rate while one dispatcher drains a stream in
                  which every other webhook is for an endpoint that answers 10 s late,
                  vs. the same drain without those webhooks (issue 3)
+* ``cpu_us_per_webhook_at_100``, ``_at_1000``, ``_saturated``  whole-system CPU (receiver +
+                 dispatcher + Redis) per webhook at 100/s and 1,000/s offered open loop
+                 and at saturation, receiver, dispatcher and sink running together (issue
+                 17; :meth:`Bench.cost` says how each is measured)
 * ``fanout_ingest``  events/s and deliveries queued/s per receiver core with a source's key
                  whose event goes to 1, 10 and 100 subscribers, vs. an endpoint's own key
 * ``fanout_delivery``  deliveries/s per dispatcher core of events fanned out to 10
@@ -22,6 +26,12 @@ The process under test runs on CPU 0; the load generator, the sink and a private
 ``redis-server`` (no persistence unless ``--aof``: then AOF with fsync every
 second) share CPU 1. Baseline and hookline alternate for ``--rounds`` rounds and
 the best of each is reported, which damps noise from other work on the machine.
+The ``ingest``, ``delivery`` and ``e2e_p99_ms`` lines also carry figures that move less
+with the machine than rates do: ``cpu_us_per_webhook`` (the process under test;
+receiver + dispatcher for e2e), ``baseline_cpu_us_per_webhook``, and Redis's share from
+its ``INFO cpu`` and ``INFO commandstats`` deltas over the run (``redis_cpu_us_per_webhook``,
+``redis_calls_per_webhook``, ``redis_calls`` by command; the benchmark's own calls are
+taken off, commands run inside scripts count as calls).
 Then every script of :data:`EXTRA_SCRIPTS` that exists runs and its JSON lines
 are passed through. Progress goes to stderr, results to stdout.
 """
@@ -43,9 +53,11 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -84,6 +96,13 @@ FANOUT_INGEST_TARGETS = {
     100: ">= 10: one POST queuing 100 deliveries costs at most a tenth of 100 direct POSTs",
 }
 FANOUT_DELIVERY_TARGET = ">= 0.8 of the width-1 delivery's webhooks per dispatcher core"
+# The cost part (issue 17): offered rates, seconds of warm-up, measured window and saturation.
+COST_RATES = (100, 1000)
+COST_IDLE = 5.0
+COST_WARM = 3.0
+COST_WINDOW = {100: 15.0, 1000: 10.0}
+COST_SATURATED = 5.0
+COST_TARGETS = {"at_100": "<= 2x saturated (issue 17)"}
 MEMORY_TARGET = "<= 2: width 100 within 2x of width 1 (issue 15; the body is stored once)"
 
 
@@ -173,12 +192,61 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_seconds(pid: int) -> float:
+    """CPU time of a running process's threads to the ns (``/proc/PID/task/*/schedstat``):
+    the clock-tick resolution of :func:`cpu_seconds` is too coarse for an idle second.
+    A thread that has exited is not counted (the processes measured keep theirs)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def last_json(out: str) -> dict[str, Any]:
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"no JSON summary in {out!r}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+@dataclass(frozen=True)
+class RedisReading:
+    """Redis's own CPU seconds and calls per command at one moment, with the calls the
+    benchmark itself had made by then (polls, these readings), to be taken off."""
+
+    cpu: float
+    calls: Counter[str]
+    own: Counter[str]
+
+
+def redis_cost(before: RedisReading, after: RedisReading, webhooks: int) -> dict[str, Any]:
+    """Redis CPU µs and commands per webhook between two readings, the benchmark's own calls
+    taken off. Commands a script runs count as calls of their own (an EVALSHA whose script
+    XACKs and XDELs is three), as ``INFO commandstats`` counts them."""
+    calls = (after.calls - before.calls) - (after.own - before.own)
+    per = max(webhooks, 1)
+    return {
+        "redis_cpu_us_per_webhook": round((after.cpu - before.cpu) / per * 1e6, 1),
+        "redis_calls_per_webhook": round(sum(calls.values()) / per, 2),
+        "redis_calls": {c: round(n / per, 3) for c, n in calls.most_common()},
+    }
+
+
+class Drain(NamedTuple):
+    """What a dispatcher used draining a preloaded stream."""
+
+    cpu: float  # share of a core
+    cpu_us: float  # CPU µs per webhook
+    redis: dict[str, Any]  # redis_cost()
+
+
+class CostReading(NamedTuple):
+    at: float  # time.monotonic()
+    cpu: list[float]  # CPU seconds of each process measured
+    delivered: int  # webhooks delivered so far
+    redis: RedisReading
 
 
 class Bench:
@@ -196,6 +264,8 @@ class Bench:
         self.redis_proc: subprocess.Popen[str] | None = None
         self.concurrency = load_config().concurrency  # HOOKLINE_CONCURRENCY applies to both
         self.stream = f"{PREFIX}:stream:default"
+        self.own: Counter[str] = Counter()  # the benchmark's own Redis calls, by command
+        self.baseline_us: dict[str, float] = {}  # bare.py's and rawclient.py's CPU µs/webhook
 
     # -- set-up
 
@@ -248,14 +318,31 @@ class Bench:
         dispatcher defers what an endpoint it does not know to be fast cannot take yet)."""
         stream = self.redis.xlen(self.stream)
         retries = self.redis.zcard(f"{PREFIX}:retry:default")
+        self.own.update(("xlen", "zcard"))
         return int(stream) + int(retries)  # type: ignore[arg-type]  # sync client
 
     def clear_queue(self) -> None:
         keys = [f"{PREFIX}:{kind}:default" for kind in ("stream", "retry", "retrydata")]
         self.redis.delete(*keys, *(f"{PREFIX}:stats:{ep}" for ep in (ENDPOINT, HANGING)))
 
+    def redis_reading(self) -> RedisReading:
+        """Redis's CPU (``INFO cpu``: user + system, all its threads) and its calls per
+        command (``INFO commandstats``) now; the private server serves nobody else."""
+        info: dict[str, Any] = self.redis.execute_command("INFO", "cpu", "commandstats")
+        self.own["info"] += 1  # counted in the next reading's commandstats, not this one's
+        calls = Counter(
+            {
+                k.removeprefix("cmdstat_"): int(v["calls"])
+                for k, v in info.items()
+                if k.startswith("cmdstat_")
+            }
+        )
+        cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return RedisReading(cpu, calls, Counter(self.own))
+
     def delivered(self, endpoint: str = ENDPOINT) -> int:
         got = self.redis.hget(f"{PREFIX}:stats:{endpoint}", "delivered")
+        self.own["hget"] += 1
         return int(got or 0)  # type: ignore[arg-type]  # sync client
 
     @contextlib.contextmanager
@@ -308,11 +395,15 @@ class Bench:
             wait_until(lambda: ready(port), 15, "the receiver")
         try:
             self.wrk(port, 2)  # warm-up: connections, caches, allocator
-            cpu = cpu_seconds(proc.pid)
+            cpu, before = cpu_seconds(proc.pid), self.redis_reading()
             with self.profiled(proc, f"ingest-{server}", self.args.duration):
                 stats = self.wrk(port, self.args.duration)
+            cpu, after = cpu_seconds(proc.pid) - cpu, self.redis_reading()
             # About 1.0 when the server is the bottleneck, as it should be.
-            stats["cpu"] = (cpu_seconds(proc.pid) - cpu) / (stats["duration_us"] / 1e6)
+            stats["cpu"] = cpu / (stats["duration_us"] / 1e6)
+            stats["cpu_us"] = cpu / max(stats["requests"], 1) * 1e6
+            if server == "hookline":
+                stats["redis"] = redis_cost(before, after, stats["requests"])
         finally:
             self.procs.stop(proc)
         if server == "hookline":
@@ -327,6 +418,7 @@ class Bench:
             for server in runs:
                 runs[server].append(self.ingest_once(server))
         errors = sum(r["errors"] + r["non2xx"] for r in runs["hookline"])
+        self.baseline_us["ingest"] = min(r["cpu_us"] for r in runs["bare"])
         emit(compare("ingest", runs["hookline"], runs["bare"], ">= 0.8", errors=errors))
 
     # -- delivery
@@ -376,19 +468,23 @@ class Bench:
         finally:
             await store.aclose()
 
-    def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> float:
-        """Wait until the stream is empty; returns the dispatcher's CPU use while it drained."""
+    def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> Drain:
+        """Wait until the stream is empty; what the dispatcher and Redis used while it drained
+        (from the first entries taken on: start-up is not counted)."""
         deadline = time.monotonic() + timeout
-        start: tuple[float, float] | None = None
+        start: tuple[float, float, int, RedisReading] | None = None
         while (left := self.backlog()) > 0:
             if start is None and left < count:
-                start = (time.monotonic(), cpu_seconds(dispatcher.pid))
+                start = (time.monotonic(), cpu_seconds(dispatcher.pid), left, self.redis_reading())
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the dispatcher left {left} of {count} in {timeout:g} s")
             time.sleep(0.1)
         if start is None:
-            return 0.0
-        return (cpu_seconds(dispatcher.pid) - start[1]) / (time.monotonic() - start[0])
+            return Drain(0.0, 0.0, {})
+        wall, cpu = time.monotonic() - start[0], cpu_seconds(dispatcher.pid) - start[1]
+        return Drain(
+            cpu / wall, cpu / start[2] * 1e6, redis_cost(start[3], self.redis_reading(), start[2])
+        )
 
     def delivery_once(self, client: str) -> dict[str, Any]:
         count = self.args.delivery_count
@@ -402,18 +498,23 @@ class Bench:
                 with self.profiled(proc, "delivery-raw", 6, after=2):
                     posted = last_json(self.procs.wait(proc, 180))
                 cpu = posted["cpu_seconds"] / posted["seconds"]
+                cpu_us, redis_figures = posted["cpu_seconds"] / count * 1e6, {}
             else:
                 self.clear_queue()
                 asyncio.run(self._preload(count))
                 proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
                 try:
                     with self.profiled(proc, "delivery-hookline", 6, after=2):
-                        cpu = self.drain(proc, count)
+                        drained = self.drain(proc, count)
                 finally:
                     self.procs.stop(proc)
+                cpu, cpu_us, redis_figures = drained
         finally:
             stats = self.sink_rate(sink)
         stats["cpu"] = cpu
+        stats["cpu_us"] = cpu_us
+        if client == "hookline":
+            stats["redis"] = redis_figures
         log(f"delivery {client}: {stats['rate']:.0f}/s {stats}")
         if stats["received"] < count:
             raise RuntimeError(f"the sink got {stats['received']} of {count} webhooks")
@@ -425,6 +526,7 @@ class Bench:
             for client in runs:
                 runs[client].append(self.delivery_once(client))
         sink_cpu = max(r["sink_cpu"] for rs in runs.values() for r in rs)
+        self.baseline_us["delivery"] = min(r["cpu_us"] for r in runs["raw"])
         emit(
             compare(
                 "delivery",
@@ -505,9 +607,15 @@ class Bench:
             rate, seconds = self.args.e2e_rate, self.args.e2e_duration
             argv = [PY, "bench/sender.py", "--url", f"http://127.0.0.1:{port}/webhooks/send"]
             argv += ["--key", self.key, "--rate", str(rate), "--duration", str(seconds)]
+            # CPU from the sender's start to the last delivery: its start-up (~0.3 s of
+            # idle loops) is counted, a few % of the run's CPU at 1,000/s.
+            cpu = [cpu_seconds(receiver.pid), cpu_seconds(dispatcher.pid)]
+            before = self.redis_reading()
             sender = self.procs.start([*argv, "--out", str(accepted_file)], None)
             sent = last_json(self.procs.wait(sender, seconds + 60))
             wait_until(lambda: self.backlog() == 0, 30, "the last deliveries")
+            cpu = [cpu_seconds(receiver.pid) - cpu[0], cpu_seconds(dispatcher.pid) - cpu[1]]
+            after = self.redis_reading()
         finally:
             self.procs.stop(dispatcher)
             self.procs.stop(receiver)
@@ -530,8 +638,172 @@ class Bench:
             # How late the sender itself ran: large when the machine was starved for CPU.
             "sender_lag_ms": sent["max_schedule_lag_ms"],
         }
+        webhooks = max(len(accepted), 1)
+        costs: dict[str, Any] = {
+            "cpu_us_per_webhook": round(sum(cpu) / webhooks * 1e6, 1),
+            "receiver_cpu_us_per_webhook": round(cpu[0] / webhooks * 1e6, 1),
+            "dispatcher_cpu_us_per_webhook": round(cpu[1] / webhooks * 1e6, 1),
+        }
+        if len(self.baseline_us) == 2:  # the ingest and delivery parts ran
+            costs["baseline_cpu_us_per_webhook"] = round(sum(self.baseline_us.values()), 1)
+            costs["baseline_is"] = "bare.py + rawclient.py per webhook at saturation, this run"
+        costs.update(redis_cost(before, after, webhooks))
         emit({"name": "e2e_p50_ms", "value": percentile(lat, 50), **common})
-        emit({"name": "e2e_p99_ms", "value": percentile(lat, 99), "target": "< 50", **common})
+        emit(
+            {
+                "name": "e2e_p99_ms",
+                "value": percentile(lat, 99),
+                "target": "< 50",
+                **common,
+                **costs,
+            }
+        )
+
+    # -- cost per webhook (issue 17)
+
+    def cost(self) -> None:
+        """Whole-system CPU per webhook at the rates people run and at saturation.
+
+        Receiver, dispatcher and sink run together, 1 KiB webhooks, nothing pinned (as for
+        e2e: receiver and dispatcher are separate pods in production; Redis stays on the
+        load core). Whole system means receiver + dispatcher (``/proc``) + redis-server
+        (``INFO cpu``); the load generator and the sink are not counted.
+
+        * ``idle``: the three with no traffic for :data:`COST_IDLE` s (what every second
+          costs whatever the rate).
+        * ``at_100``, ``at_1000``: ``bench/sender.py`` offers that rate open loop; CPU over
+          a steady window (from :data:`COST_WARM` s after the first delivery, for
+          :data:`COST_WINDOW` s) per webhook delivered in it.
+        * ``saturated``: wrk (closed loop, 64 connections) posts to the receiver as fast as
+          it answers for :data:`COST_SATURATED` s while the dispatcher delivers
+          concurrently (it catches up after wrk stops); CPU from wrk's start to the last
+          of those webhooks delivered, per webhook. After a 2 s wrk warm-up, drained.
+        """
+        self.clear_queue()
+        receipts = self.work / "cost-receipts.tsv"
+        sink = self.sink(receipts, cpu=None)
+        port, dport = free_port(), free_port()
+        receiver = self.hookline("receiver", None, HOOKLINE_RECEIVER_PORT=str(port))
+        dispatcher = self.hookline("dispatcher", None, HOOKLINE_DISPATCHER_PORT=str(dport))
+        procs = [receiver, dispatcher]
+        figures: dict[str, dict[str, Any]] = {}
+        try:
+            wait_until(lambda: ready(port) and ready(dport), 15, "receiver and dispatcher")
+            time.sleep(2)  # past start-up: imports done, connections open
+            idle = self.cost_reading(procs)
+            time.sleep(COST_IDLE)
+            figures["idle"] = self.cost_idle(idle, self.cost_reading(procs))
+            for rate in COST_RATES:
+                figures[f"at_{rate}"] = self.cost_at(port, procs, rate)
+            figures["saturated"] = self.cost_saturated(port, procs)
+        finally:
+            self.procs.stop(dispatcher)
+            self.procs.stop(receiver)
+            self.procs.stop(sink)
+        received: dict[str, int] = {}
+        for ln in receipts.read_text().splitlines():
+            wid, at = ln.split("\t")
+            received.setdefault(wid, int(at))
+        saturated = figures["saturated"]["value"]
+        for name in (*(f"at_{rate}" for rate in COST_RATES), "saturated"):
+            fig = figures[name]
+            accepted = fig.pop("accepted", None)
+            if accepted is not None:  # latency of every webhook of the phase
+                sent = [ln.split("\t") for ln in accepted.read_text().splitlines()]
+                lat = sorted((received[w] - int(t)) / 1e6 for w, t in sent if w in received)
+                fig["lost"] = sum(1 for w, _ in sent if w not in received)
+                if lat:
+                    fig["p50_ms"], fig["p99_ms"] = percentile(lat, 50), percentile(lat, 99)
+            emit(
+                {
+                    "name": f"cpu_us_per_webhook_{name}",
+                    "value": fig.pop("value"),
+                    "unit": "CPU us/webhook",
+                    "target": COST_TARGETS.get(name),
+                    "ratio_to_saturated": round(figures[name]["value_raw"] / saturated, 2)
+                    if name != "saturated"
+                    else 1.0,
+                    **{k: v for k, v in fig.items() if k != "value_raw"},
+                    **({"idle": figures["idle"]} if name == f"at_{COST_RATES[0]}" else {}),
+                }
+            )
+
+    def cost_reading(self, procs: list[subprocess.Popen[str]]) -> CostReading:
+        cpu = [run_seconds(proc.pid) for proc in procs]
+        return CostReading(time.monotonic(), cpu, self.delivered(), self.redis_reading())
+
+    def cost_between(self, a: CostReading, b: CostReading, webhooks: int) -> dict[str, Any]:
+        per = max(webhooks, 1)
+        receiver, dispatcher = ((y - x) / per * 1e6 for x, y in zip(a.cpu, b.cpu, strict=True))
+        redis_figures = redis_cost(a.redis, b.redis, per)
+        total = receiver + dispatcher + (b.redis.cpu - a.redis.cpu) / per * 1e6
+        return {
+            "value": round(total, 1),
+            "value_raw": total,
+            "receiver_cpu_us_per_webhook": round(receiver, 1),
+            "dispatcher_cpu_us_per_webhook": round(dispatcher, 1),
+            **redis_figures,
+            "achieved_per_s": round(webhooks / (b.at - a.at), 1),
+            "webhooks": webhooks,
+            "window_s": round(b.at - a.at, 1),
+        }
+
+    def cost_idle(self, a: CostReading, b: CostReading) -> dict[str, Any]:
+        """CPU µs per second (and Redis calls per second) of the three with no traffic."""
+        seconds = b.at - a.at
+        receiver, dispatcher = ((y - x) / seconds * 1e6 for x, y in zip(a.cpu, b.cpu, strict=True))
+        calls = (b.redis.calls - a.redis.calls) - (b.redis.own - a.redis.own)
+        return {
+            "unit": "CPU us/s, calls/s",
+            "receiver": round(receiver),
+            "dispatcher": round(dispatcher),
+            "redis": round((b.redis.cpu - a.redis.cpu) / seconds * 1e6),
+            "redis_calls": {c: round(n / seconds, 1) for c, n in calls.most_common()},
+        }
+
+    def cost_at(self, port: int, procs: list[subprocess.Popen[str]], rate: int) -> dict[str, Any]:
+        window = COST_WINDOW[rate]
+        accepted = self.work / f"cost-accepted-{rate}.tsv"
+        argv = [PY, "bench/sender.py", "--url", f"http://127.0.0.1:{port}/webhooks/send"]
+        argv += ["--key", self.key, "--rate", str(rate), "--out", str(accepted)]
+        argv += ["--duration", str(COST_WARM + window + 3)]  # sender start-up, margin after
+        first = self.delivered()
+        sender = self.procs.start(argv, None)
+        wait_until(lambda: self.delivered() > first, 15, f"the first delivery at {rate}/s")
+        time.sleep(COST_WARM)
+        a = self.cost_reading(procs)
+        receiver, dispatcher = procs
+        with (
+            self.profiled(receiver, f"cost-{rate}-receiver", window),
+            self.profiled(dispatcher, f"cost-{rate}-dispatcher", window),
+        ):
+            time.sleep(window)
+        b = self.cost_reading(procs)
+        sent = last_json(self.procs.wait(sender, COST_WARM + window + 60))
+        wait_until(lambda: self.backlog() == 0, 30, "the last deliveries")
+        fig = self.cost_between(a, b, b.delivered - a.delivered)
+        fig.update(offered_per_s=rate, sender_lag_ms=sent["max_schedule_lag_ms"], accepted=accepted)
+        log(f"cost at {rate}/s: {fig}")
+        return fig
+
+    def cost_saturated(self, port: int, procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
+        self.wrk(port, 2)  # warm-up: wrk's connections, the receiver's batches
+        wait_until(lambda: self.backlog() == 0, 120, "the warm-up's deliveries")
+        a = self.cost_reading(procs)
+        stats = self.wrk(port, COST_SATURATED)
+        wait_until(lambda: self.backlog() == 0, 180, "the saturated run's deliveries")
+        b = self.cost_reading(procs)
+        webhooks = b.delivered - a.delivered
+        fig = self.cost_between(a, b, webhooks)
+        fig.update(
+            offered_per_s="closed loop, 64 connections",
+            accepted_per_s=round(stats["rate"]),
+            errors=stats["errors"] + stats["non2xx"],
+        )
+        log(f"cost saturated: {fig}")
+        if webhooks < stats["requests"] - stats["errors"] - stats["non2xx"]:
+            raise RuntimeError(f"{webhooks} delivered of {stats['requests']} accepted")
+        return fig
 
     # -- fan-out (issue 15)
 
@@ -700,7 +972,7 @@ class Bench:
             proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
             try:
                 with self.profiled(proc, "delivery-fanout", 6, after=2):
-                    cpu = self.drain(proc, count)
+                    cpu = self.drain(proc, count).cpu
             finally:
                 self.procs.stop(proc)
         finally:
@@ -826,10 +1098,19 @@ def compare(
 ) -> dict[str, Any]:
     """One figure against its baseline, best run of each. ``cpu`` is the CPU share the process
     under test got (1.0: all of its core); ``ratio_per_cpu`` compares webhooks per CPU-second,
-    which says what the ratio would be on an idle machine when other work stole CPU."""
+    which says what the ratio would be on an idle machine when other work stole CPU.
+    Runs that measured them add the machine-independent figures: the process's CPU µs per
+    webhook (``cpu_us``, the lowest run: other work only adds to it) and Redis's (``redis``,
+    the run with the least Redis CPU, its calls with it)."""
     best, base = max(r["rate"] for r in runs), max(r["rate"] for r in baseline)
     efficiency = max(r["rate"] / r["cpu"] for r in runs if r["cpu"] > 0)
     base_efficiency = max(r["rate"] / r["cpu"] for r in baseline if r["cpu"] > 0)
+    costs: dict[str, Any] = {}
+    if all("cpu_us" in r for r in runs + baseline):
+        costs["cpu_us_per_webhook"] = round(min(r["cpu_us"] for r in runs), 1)
+        costs["baseline_cpu_us_per_webhook"] = round(min(r["cpu_us"] for r in baseline), 1)
+    if all("redis" in r for r in runs):
+        costs.update(min((r["redis"] for r in runs), key=lambda c: c["redis_cpu_us_per_webhook"]))
     return {
         "name": name,
         "value": round(best),
@@ -842,6 +1123,7 @@ def compare(
         "baseline_runs": [round(r["rate"]) for r in baseline],
         "cpu": [round(r["cpu"], 2) for r in runs],
         "baseline_cpu": [round(r["cpu"], 2) for r in baseline],
+        **costs,
         **extra,
     }
 
@@ -865,8 +1147,8 @@ def main() -> int:
     p.add_argument(
         "--only",
         nargs="*",
-        choices=["ingest", "delivery", "e2e", "isolation", "fanout", "extra"],
-        default=["ingest", "delivery", "e2e", "isolation", "fanout", "extra"],
+        choices=["ingest", "delivery", "e2e", "isolation", "cost", "fanout", "extra"],
+        default=["ingest", "delivery", "e2e", "isolation", "cost", "fanout", "extra"],
         help="which parts to run (extra: the EXTRA_SCRIPTS)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy the process under test into DIR")
@@ -874,7 +1156,7 @@ def main() -> int:
     args = p.parse_args()
     # A SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, stopping every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if shutil.which("wrk") is None and {"ingest", "fanout"} & set(args.only):
+    if shutil.which("wrk") is None and {"ingest", "cost", "fanout"} & set(args.only):
         log("wrk is not installed: apt-get install -y wrk (make bench does it)")
         return 2
     if not PINNED:
@@ -889,7 +1171,7 @@ def main() -> int:
         try:
             bench.start_redis()
             asyncio.run(bench.register())
-            for name in ("ingest", "delivery", "e2e", "isolation", "fanout"):
+            for name in ("ingest", "delivery", "e2e", "isolation", "cost", "fanout"):
                 if name in args.only:
                     getattr(bench, name)()
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +154,21 @@ async def test_a_read_without_waiting_takes_what_is_there_and_remakes_a_lost_gro
     later = replace(webhook(), body=b"{}")
     await store.queue.enqueue("default", later)
     assert [wh for _, wh in await store.queue.read("default", "c1", 5, None)] == [*sent, later]
+
+
+async def test_the_mover_learns_when_the_next_retry_is_due(store: Store) -> None:
+    """What lets an idle dispatcher's mover sleep until then instead of polling."""
+    queue = store.queue
+    assert await queue.move_due_next("default") == (0, None)  # nothing scheduled
+    await asyncio.gather(*(queue.enqueue("default", webhook()) for _ in range(2)))
+    read = await queue.read("default", "c1", 10, block_ms=100)
+    now = time.time()
+    assert await queue.defer("default", [(read[0].msg_id, 0.2), (read[1].msg_id, 30.0)]) == 2
+    moved, next_at = await queue.move_due_next("default")
+    assert moved == 0 and next_at is not None and now + 0.1 < next_at < now + 0.5
+    await asyncio.sleep(0.3)
+    moved, next_at = await queue.move_due_next("default")
+    assert moved == 1 and next_at is not None and now + 29 < next_at < now + 31
 
 
 async def test_settling_works_after_redis_lost_its_script_cache(store: Store) -> None:

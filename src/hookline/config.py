@@ -88,6 +88,12 @@ class Config:
     pool: str = _setting("default", "the dispatcher pool (stream) this process serves")
     concurrency: int = _setting(256, "deliveries in flight per dispatcher process")
     read_batch: int = _setting(128, "entries read from the stream per call")
+    read_linger: float = _setting(
+        0.0,
+        "seconds the dispatcher waits before its next read after one that found few entries,"
+        " so that at low rates entries share reads, script calls and wake-ups; adds up to"
+        " that much latency (0: never; docs/benchmarks.md, Cost per webhook)",
+    )
     claim_idle: float = _setting(
         60.0, "seconds a pending entry may sit before another consumer takes it"
     )
@@ -283,6 +289,8 @@ def validate(config: Config) -> None:
             "HOOKLINE_BODY_GRACE must exceed HOOKLINE_REQUEST_TIMEOUT: a body younger than "
             "a request may take can be one whose webhook is still being enqueued"
         )
+    if not 0 <= config.read_linger <= 1:
+        raise InvalidSpec("HOOKLINE_READ_LINGER must be between 0 and 1 (seconds)")
     if config.body_reap_interval < 0:
         raise InvalidSpec("HOOKLINE_BODY_REAP_INTERVAL must be 0 (no reaper) or positive")
     if config.scale_interval <= 0:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import time
@@ -45,6 +46,12 @@ from hookline.tracing import OFF, Tracing
 log = logging.getLogger(__name__)
 
 USER_AGENT = "hookline/0.1 (+https://hookline.dev)"
+
+# The retry mover: at most every MOVE_POLL seconds while retries are due or about to be,
+# and every MOVE_IDLE seconds at the least when none is (then what this process schedules
+# wakes it; what another dispatcher schedules, that one moves).
+MOVE_POLL = 0.1
+MOVE_IDLE = 1.0
 
 
 def consumer_name() -> str:
@@ -98,6 +105,9 @@ class Dispatcher:
             kind: metrics.tally(metrics.deliveries.labels(kind))
             for kind in ("delivered", "deferred", "failed", "rejected")
         }
+        # The earliest retry this process scheduled since the mover last looked (Unix s).
+        self._next_retry = math.inf
+        self._retry_soon = asyncio.Event()
         self.reaper: Reaper | None = None
         if config.body_reap_interval > 0:
             self.reaper = Reaper(config, store, bodies, metrics, holder=self.consumer)
@@ -137,6 +147,7 @@ class Dispatcher:
         log.info("dispatcher %s serving pool %r", self.consumer, self.pool)
         await stop.wait()
         self._stopping.set()
+        self._retry_soon.set()
         _, pending = await asyncio.wait(loops, timeout=3.0)
         for task in pending:
             task.cancel()
@@ -200,6 +211,7 @@ class Dispatcher:
         except StoreUnavailable as exc:  # left pending; tried again after claim_idle
             log.warning("could not defer %d entries: %s", len(entries), exc)
             return
+        self._scheduled(min(delay for _, delay in entries))
         self._outcomes["deferred"].n += len(entries)
 
     def _finished(self, msg_id: bytes, _: asyncio.Task[None]) -> None:
@@ -237,6 +249,11 @@ class Dispatcher:
                 continue
             busy = len(entries) >= count
             self._start(entries)
+            if len(entries) < self._read_min and self.config.read_linger:
+                # A quiet stream: what arrives meanwhile is read, recorded (sending) and
+                # settled together, one wake-up and one script call for several entries
+                # instead of each; a busy one (a full read) is read again at once.
+                await asyncio.sleep(self.config.read_linger)
 
     async def _claim_loop(self) -> None:
         interval = max(0.2, min(5.0, self.config.claim_idle / 4))
@@ -255,10 +272,15 @@ class Dispatcher:
             await self._pause(interval)
 
     async def _move_loop(self) -> None:
+        """Move due retries onto the stream: again at once while there were some, else when
+        the next is due — within ``MOVE_POLL`` to ``MOVE_IDLE`` s, or sooner when this
+        process schedules one (an idle dispatcher looks once a second, not ten times)."""
         last_gauge = 0.0
         while not self._stopping.is_set():
+            wait = MOVE_POLL
+            self._next_retry = math.inf  # what is scheduled from now on, the pause sees
             try:
-                moved = await self.queue.move_due(self.pool)
+                moved, next_at = await self.queue.move_due_next(self.pool)
                 now = time.monotonic()
                 if now - last_gauge > 5.0:
                     last_gauge = now
@@ -267,9 +289,35 @@ class Dispatcher:
                     self.metrics.retry_backlog.labels(self.pool).set(backlog["retry_scheduled"])
                 if moved:
                     continue
+                wait = MOVE_IDLE if next_at is None else next_at - time.time()
             except StoreUnavailable as exc:
                 log.warning("moving due retries: %s", exc)
-            await self._pause(0.1)
+            await self._until_due(min(max(wait, MOVE_POLL), MOVE_IDLE))
+
+    def _scheduled(self, delay: float) -> None:
+        """A retry this process put on the schedule, due in ``delay`` s: the mover moves it
+        in time even when it was sleeping until later."""
+        at = time.time() + delay
+        if at < self._next_retry:
+            self._next_retry = at
+            self._retry_soon.set()
+
+    async def _until_due(self, wait: float) -> None:
+        """Sleep ``wait`` s, or until the earliest retry this process schedules meanwhile
+        is due, but at least ``MOVE_POLL`` s; until stopping."""
+        loop = asyncio.get_running_loop()
+        floor = loop.time() + MOVE_POLL
+        deadline = loop.time() + wait
+        while not self._stopping.is_set():
+            if self._next_retry < math.inf:
+                due = loop.time() + self._next_retry - time.time()
+                deadline = min(deadline, max(floor, due))
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._retry_soon.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_soon.wait(), left)
 
     async def _housekeeping(self) -> None:
         """Every second, catch up on failing endpoints' circuits; every minute, drop dead
@@ -452,6 +500,7 @@ class Dispatcher:
                 await self._dead(msg_id, webhook, f"gave up at age {age:.0f} s: {outcome.reason}")
             else:
                 await self.queue.reschedule(self.pool, msg_id, webhook, outcome.delay, sent=sent)
+                self._scheduled(outcome.delay)
             return
         failure = {
             "at": now,
@@ -473,6 +522,7 @@ class Dispatcher:
         settled = await self.queue.reschedule(
             self.pool, msg_id, webhook, decision.delay, failure, sent=sent
         )
+        self._scheduled(decision.delay)
         if settled.acked:
             self.metrics.retries.inc()
         await self._observe_failure(endpoint, settled)

@@ -342,13 +342,21 @@ class Queue:
     async def move_due(self, pool: str, limit: int = 1000) -> int:
         """Move retries whose time has come back onto the stream; returns how many (none
         while a body reaper pass reads the references, see :mod:`hookline.store.references`)."""
+        return (await self.move_due_next(pool, limit))[0]
+
+    async def move_due_next(self, pool: str, limit: int = 1000) -> tuple[int, float | None]:
+        """:meth:`move_due`, and when the next retry left on the schedule is due (Unix
+        seconds; None: there is none; 0.0 while a reaper pass keeps them: try again soon)."""
         keys = [
             self.keys.retry(pool),
             self.keys.retry_data(pool),
             self.keys.stream(pool),
             self.keys.reaper_pass,
         ]
-        return int(await self.conn.run("queue", scripts.MOVE_DUE, keys, [now_ms(), limit]))
+        moved, first = await self.conn.run("queue", scripts.MOVE_DUE, keys, [now_ms(), limit])
+        if not first:
+            return int(moved), None
+        return int(moved), max(0.0, float(first) / 1000)
 
 
 def now_ms() -> int:

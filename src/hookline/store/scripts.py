@@ -277,9 +277,10 @@ return {1, h[1], h[2], h[3]}
 
 # KEYS: retry zset, retry hash, stream, reaper pass   ARGV: now_ms, limit
 # Moves nothing while a reaper pass reads the body references (see hookline.store.references).
+# Returns {moved, when the next retry is due (ms; '' for none, '-1' while a reaper pass reads)}.
 MOVE_DUE = _script(
     """
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {0, '-1'} end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, uid in ipairs(due) do
   local d = redis.call('HGET', KEYS[2], uid)
@@ -287,7 +288,8 @@ for _, uid in ipairs(due) do
   redis.call('HDEL', KEYS[2], uid)
   redis.call('ZREM', KEYS[1], uid)
 end
-return #due
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, first[2] or ''}
 """
 )
 
