@@ -37,7 +37,7 @@ stderr):
 Per k, ``--rounds`` rounds (the ks in turn each round); a CPU figure is the lowest
 of the rounds (contention only adds to it), a rate the highest. With ``--svg`` the
 figure of delivered/s and Redis CPU against k, measured and modelled, is written
-(hand-built SVG, no plotting library). ``--quick`` is a smoke run of ~40 s.
+(hand-built SVG, no plotting library). ``--quick`` is a smoke run of under a minute.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -299,7 +300,7 @@ class Rig(Backends):
             got = self.r.xinfo_consumers(f"{PREFIX}:stream:{POOL}", "dispatchers")
         except redis.ResponseError:  # no group yet
             return 0
-        return len(got)
+        return len(got)  # type: ignore[arg-type]  # sync client
 
     def snapshot(self, pids: list[int]) -> dict[str, Any]:
         assert self.sink is not None
@@ -546,8 +547,8 @@ def svg(lines: list[dict[str, Any]]) -> str:
 
 def nice(v: float) -> float:
     """The round number at or above ``v`` an axis ends at (1, 2, 2.5 or 5 times 10^n)."""
-    exp = 10 ** math.floor(math.log10(v))
-    return next(m * exp for m in (1, 2, 2.5, 5, 10) if m * exp >= v)
+    exp = 10.0 ** math.floor(math.log10(v))
+    return next(m * exp for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * exp >= v)
 
 
 def panel(
@@ -718,6 +719,8 @@ def main() -> int:
         ]
         args.svg.write_text(svg(lines))
         return 0
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/scale: wrk is not installed (apt-get install wrk)")
     if args.quick:
         args.dispatchers, args.count, args.rounds, args.seconds = [1, 2, 3], 8000, 1, 2.0
     if not PINNED:
