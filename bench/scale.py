@@ -26,6 +26,11 @@ stderr):
   sessions' load does not upset: the CPU a delivery costs the dispatchers and
   Redis with k processes against the cheapest k (target >= 0.8; the model is
   linear in k only if that cost does not grow with k).
+* ``scale_large_body``: CPU per 256 KiB webhook (``--large`` of them) of one receiver
+  storing the body in GCS (``fake-gcs-server``, bench/gcs.py's emulator, sender and
+  sink) and of one dispatcher fetching and delivering it, and of the same two with
+  the body inline in the queue entry; the emulator's own CPU is not counted (on real
+  GCS it is not ours).
 * ``scale_model``: capacity per core from CPU per item (the steadiest figure on a
   shared machine: rates move with the other sessions' load, CPU per item much
   less), for a receiver, a dispatcher and Redis (ingest and delivery of a webhook
@@ -55,6 +60,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +85,10 @@ LARGE_SHARE = 0.10  # of bodies over the inline limit, in the plan's second mix
 # for the catch-up after one (a backlog drains only at capacity minus the arrival rate).
 UTILISATION = 0.7
 BACKLOG_SECONDS = 60  # Redis memory is quoted per minute of backlog at the plan's rate
-# A body over the inline limit, from the GCS figures in docs/benchmarks.md (bench/gcs.py,
-# 2026-12-02, 256 KiB bodies, fake-gcs-server): the receiver's CPU per webhook stored in
-# GCS (gcs_ingest, 2.44-2.68 ms). The dispatcher's download is not measured: taken as the
-# same (one request through the same client library, the bytes posted on), an estimate.
+# A body over the inline limit: 256 KiB, the size of bench/gcs.py's figures. Its CPU per
+# webhook is measured by large_bodies() against fake-gcs-server; without the emulator (or
+# with --large 0) these stand in: the receiver's from docs/benchmarks.md (gcs_ingest,
+# 2026-12-02, 2.44-2.68 ms), the dispatcher's taken as the same.
 GCS_BODY_BYTES = 256 * 1024
 RECEIVER_GCS_US = 2_600.0
 DISPATCHER_GCS_US = 2_600.0
@@ -365,10 +371,91 @@ class Rig(Backends):
         return run
 
 
+# -- bodies over the inline limit
+
+
+def fallback(why: str) -> dict[str, Any]:
+    return {
+        "bytes": GCS_BODY_BYTES,
+        "receiver_us": RECEIVER_GCS_US,
+        "dispatcher_us": DISPATCHER_GCS_US,
+        "from": f"not measured ({why}): receiver from docs/benchmarks.md gcs_ingest "
+        "(2026-12-02), dispatcher taken as the same",
+    }
+
+
+async def large_bodies(count: int, folder: Path) -> dict[str, Any]:
+    """CPU per 256 KiB webhook of a receiver storing it in GCS (fake-gcs-server) and of a
+    dispatcher fetching and delivering it; and the same two with the body inline in the
+    queue entry, which tells GCS's share from reading and posting 256 KiB. The receiver and
+    the dispatcher on CPU 0, one after the other (the receiver queues, then the dispatcher
+    drains); bench/gcs.py's emulator, sink and sender on CPU 1."""
+    import gcs  # bench/gcs.py; imported here so that the rest runs without its emulator
+
+    bin_dir = Path(os.environ.get("HOOKLINE_BIN_DIR", ROOT / ".cache" / "bin"))
+    if not os.access(bin_dir / "fake-gcs-server", os.X_OK):
+        log("no fake-gcs-server (make tools): large bodies not measured")
+        return fallback("no fake-gcs-server")
+    folder = folder / "gcs"
+    folder.mkdir()
+    peers, sink = gcs.Peers(folder), gcs.Sink()
+    out: dict[str, Any] = {"bytes": gcs.INGEST_BYTES, "webhooks": count}
+    try:
+        await asyncio.to_thread(peers.start_backends)
+        key = await gcs.register(peers, await sink.start())
+        for store, settings in (
+            ("gcs", {"body_store": "gcs", "inline_limit": 64 * 1024}),
+            ("inline", {"body_store": "fs", "inline_limit": 1024 * 1024}),
+        ):
+            settings["body_dir"] = str(folder / "bodies")
+            port = free_port()
+            receiver = peers.hookline(
+                "receiver", f"receiver-{store}", receiver_port=port, **settings
+            )
+            await asyncio.to_thread(wait_until, partial(ready, port), 20, "the receiver")
+            await gcs.ingest_round(port, key, 64)  # warm-up: connections, the GCS client
+            cpu = cpu_seconds(receiver.pid)
+            await gcs.ingest_round(port, key, count)
+            received_us = (cpu_seconds(receiver.pid) - cpu) / count * 1e6
+            peers.stop(receiver)
+            sink.got.clear()
+            dispatcher = peers.hookline("dispatcher", f"dispatcher-{store}", **settings)
+            # the window: from the 64th delivery (start-up and the warm-up's share behind)
+            # to the last
+            first = await delivered(sink, 64, dispatcher.pid)
+            last = await delivered(sink, count + 64, dispatcher.pid)
+            peers.stop(dispatcher)
+            delivered_us = (last[1] - first[1]) / (last[0] - first[0]) * 1e6
+            out[f"receiver_us_{store}"] = round(received_us)
+            out[f"dispatcher_us_{store}"] = round(delivered_us)
+            log(f"256 KiB {store}: receiver {received_us:.0f} µs, dispatcher {delivered_us:.0f} µs")
+    finally:
+        await sink.stop()
+        peers.stop_all()
+    out["receiver_us"] = out["receiver_us_gcs"]
+    out["dispatcher_us"] = out["dispatcher_us_gcs"]
+    out["from"] = "measured: bench/scale.py, fake-gcs-server (its CPU not counted)"
+    return out
+
+
+async def delivered(sink: Any, n: int, pid: int, seconds: float = 120) -> tuple[int, float]:
+    """Wait until the sink has ``n`` webhooks; then (how many it has, the dispatcher's CPU)."""
+    deadline = time.monotonic() + seconds
+    while len(sink.got) < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench/scale: {len(sink.got)} of {n} large webhooks delivered")
+        await asyncio.sleep(0.01)
+    return len(sink.got), cpu_seconds(pid)
+
+
 # -- the model
 
 
-def model(receivers: list[dict[str, Any]], runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+def model(
+    receivers: list[dict[str, Any]],
+    runs: dict[int, list[dict[str, Any]]],
+    large: dict[str, Any],
+) -> dict[str, Any]:
     """Capacities per core from the lowest CPU per item measured (each its own lowest: other
     work on the machine only adds to them); one Redis carries ingest and delivery of every
     webhook, so its ceiling is one core over both costs."""
@@ -398,12 +485,7 @@ def model(receivers: list[dict[str, Any]], runs: dict[int, list[dict[str, Any]]]
         "redis_bytes_per_queued": round(receiver["bytes"]),
         "redis_planned": round(UTILISATION * 1e6 / redis_us),
         "utilisation": UTILISATION,
-        "large_body": {
-            "bytes": GCS_BODY_BYTES,
-            "receiver_us": RECEIVER_GCS_US,
-            "dispatcher_us": DISPATCHER_GCS_US,
-            "from": "docs/benchmarks.md GCS bodies (gcs_ingest, 2026-12-02); dispatcher: estimate",
-        },
+        "large_body": large,
         "cores": CORES,
     }
 
@@ -426,8 +508,9 @@ def plan(m: dict[str, Any]) -> list[dict[str, Any]]:
     entry = m["redis_bytes_per_queued"]
     out = []
     for large in (0.0, LARGE_SHARE):
-        receiver_us = (1 - large) * m["receiver_us"] + large * RECEIVER_GCS_US
-        dispatcher_us = (1 - large) * m["dispatcher_us"] + large * DISPATCHER_GCS_US
+        big = m["large_body"]
+        receiver_us = (1 - large) * m["receiver_us"] + large * big["receiver_us"]
+        dispatcher_us = (1 - large) * m["dispatcher_us"] + large * big["dispatcher_us"]
         # A large body's entry holds its reference, not its bytes: the Redis side is no
         # dearer than a 1 KiB body's, and its entry about a KiB smaller.
         per_entry = (1 - large) * entry + large * (entry - BODY_BYTES)
@@ -633,6 +716,7 @@ def measure(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
                 runs[k].append(rig.dispatch_run(k, args.count))
     finally:
         rig.stop_all()
+    large = asyncio.run(large_bodies(args.large, folder)) if args.large else fallback("--large 0")
     receiver = min(receivers, key=lambda r: r["us"])
     lines.append(
         {
@@ -651,7 +735,17 @@ def measure(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
             "body_bytes": BODY_BYTES,
         }
     )
-    m = model(receivers, runs)
+    if "receiver_us_gcs" in large:
+        lines.append(
+            {
+                "name": "scale_large_body",
+                "value": large["dispatcher_us"],
+                "unit": "µs of dispatcher CPU per 256 KiB webhook fetched from GCS and delivered",
+                "target": "none: an input of the model",
+                **{k: v for k, v in large.items() if k != "from"},
+            }
+        )
+    m = model(receivers, runs, large)
     m["measured"] = time.strftime("%Y-%m-%d %H:%M")
     cheapest = min(
         min(r["us"] for r in rs) + min(r["redis_us"] for r in rs) for rs in runs.values()
@@ -704,9 +798,10 @@ def measure(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dispatchers", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--count", type=int, default=15_000, help="webhooks per drain")
+    p.add_argument("--count", type=int, default=12_000, help="webhooks per drain")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=4.0, help="wrk's measured run, receiver")
+    p.add_argument("--large", type=int, default=400, help="256 KiB webhooks (0: none)")
     p.add_argument("--quick", action="store_true", help="one round, k 1-3, small drains")
     p.add_argument("--svg", type=Path, help="write the figure here")
     p.add_argument("--replot", type=Path, help="draw --svg from these JSON lines; no run")
@@ -723,6 +818,7 @@ def main() -> int:
         raise SystemExit("bench/scale: wrk is not installed (apt-get install wrk)")
     if args.quick:
         args.dispatchers, args.count, args.rounds, args.seconds = [1, 2, 3], 8000, 1, 2.0
+        args.large = min(args.large, 200)
     if not PINNED:
         log("fewer than 2 CPUs or no taskset: nothing is pinned")
     if PINNED:  # this process polls; keep it off the receiver's core
