@@ -808,10 +808,10 @@ def measure(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dispatchers", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--count", type=int, default=12_000, help="webhooks per drain")
+    p.add_argument("--count", type=int, default=10_000, help="webhooks per drain")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=4.0, help="wrk's measured run, receiver")
-    p.add_argument("--large", type=int, default=400, help="256 KiB webhooks (0: none)")
+    p.add_argument("--large", type=int, default=300, help="256 KiB webhooks (0: none)")
     p.add_argument("--quick", action="store_true", help="one round, k 1-3, small drains")
     p.add_argument("--svg", type=Path, help="write the figure here")
     p.add_argument("--replot", type=Path, help="draw --svg from these JSON lines; no run")
