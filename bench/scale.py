@@ -574,6 +574,7 @@ def svg(lines: list[dict[str, Any]]) -> str:
     got = [(ln["k"], c * 1e6 / m["dispatcher_us"]) for ln in disp for c in ln["dispatcher_cpu"]]
     top = max([r for _, r in points_rate] + [r for _, r in model_rate] + [ideal[0][1]])
     ymax = nice(top * 1.15)
+    ideal = clipped(ideal, ymax)
     out += panel(
         x0=80,
         y0=80,
@@ -632,6 +633,20 @@ def svg(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def clipped(points: list[tuple[int, float]], top: float) -> list[tuple[float, float]]:
+    """A rising line's points up to where it leaves the plot at ``top``."""
+    out: list[tuple[float, float]] = []
+    for (k, v), prev in zip(points, [None, *points], strict=False):
+        if v <= top:
+            out.append((k, v))
+            continue
+        if prev is not None and prev[1] < top:
+            k0, v0 = prev
+            out.append((k0 + (top - v0) / (v - v0) * (k - k0), top))
+        break
+    return out
+
+
 def nice(v: float) -> float:
     """The round number at or above ``v`` an axis ends at (1, 2, 2.5 or 5 times 10^n)."""
     exp = 10.0 ** math.floor(math.log10(v))
@@ -649,7 +664,7 @@ def panel(
     ks: list[int],
     title: str,
     ylabel: str,
-    series: list[tuple[str, list[tuple[int, float]], str, str]],
+    series: list[tuple[str, list[tuple[float, float]], str, str]],
     fmt: Any,
 ) -> list[str]:
     def x(k: float) -> float:
