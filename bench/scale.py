@@ -42,7 +42,7 @@ stderr):
 Per k, ``--rounds`` rounds (the ks in turn each round); a CPU figure is the lowest
 of the rounds (contention only adds to it), a rate the highest. With ``--svg`` the
 figure of delivered/s and Redis CPU against k, measured and modelled, is written
-(hand-built SVG, no plotting library). ``--quick`` is a smoke run of under a minute.
+(hand-built SVG, no plotting library). ``--quick`` is a smoke run of about a minute.
 """
 
 from __future__ import annotations
@@ -843,7 +843,7 @@ def main() -> int:
         raise SystemExit("bench/scale: wrk is not installed (apt-get install wrk)")
     if args.quick:
         args.dispatchers, args.count, args.rounds, args.seconds = [1, 2, 3], 8000, 1, 2.0
-        args.large = min(args.large, 200)
+        args.large = min(args.large, 100)
     if not PINNED:
         log("fewer than 2 CPUs or no taskset: nothing is pinned")
     if PINNED:  # this process polls; keep it off the receiver's core
