@@ -78,7 +78,7 @@ from hookline.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # Standalone benchmark scripts that print their own JSON lines; run when present.
-EXTRA_SCRIPTS = ["bench/gcs.py", "bench/tracing.py"]
+EXTRA_SCRIPTS = ["bench/gcs.py", "bench/tracing.py", "bench/scale.py"]
 PREFIX = "bench"
 ENDPOINT = "bench/sink"
 HANGING = "bench/hang"  # the isolation figure's endpoint that answers late
