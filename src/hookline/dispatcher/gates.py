@@ -194,11 +194,8 @@ class Gates:
 
     def _fast(self, endpoint_id: str) -> bool:
         """Whether the endpoint has answered within ``FAST_ENDPOINT`` and its open requests
-        are younger than that. One that has not answered yet counts as fast while its first
-        requests are younger than that: a dispatcher starting on a backlog then waits for
-        their answers instead of deferring the rest of its first read by a second or more,
-        and a hanging endpoint shows itself within ``FAST_ENDPOINT``."""
-        if endpoint_id not in self._latency and endpoint_id not in self._starts:
+        are younger than that. One that has not answered yet is not known to be fast."""
+        if endpoint_id not in self._latency:
             return False
         return self._latency_now(endpoint_id, time.monotonic()) <= FAST_ENDPOINT
 
