@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -144,9 +144,6 @@ async def _read_head(request: web.Request, limit: int) -> bytes:
     return bytes(buf)
 
 
-R = TypeVar("R")
-
-
 class Body(NamedTuple):
     """A request's body as read: in hand (``body``), or in the body store (``ref``)."""
 
@@ -178,15 +175,19 @@ class Ingest:
         self.metrics.ingest_errors.labels(code).inc()
         return error(status, code, reason, **headers)
 
-    async def send(self, request: web.Request) -> web.Response:
-        if not self.tracing.enabled:
-            return await self._send(request)
+    @property
+    def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The route's handler: :meth:`send` itself when tracing is off (one coroutine
+        fewer per request), else wrapped in its SERVER span."""
+        return self._send_traced if self.tracing.enabled else self.send
+
+    async def _send_traced(self, request: web.Request) -> web.Response:
         with spans.server(self.tracing, request, ROUTE) as span:
-            response = await self._send(request)
+            response = await self.send(request)
             spans.answered(span, response.status)
             return response
 
-    async def _send(self, request: web.Request) -> web.Response:
+    async def send(self, request: web.Request) -> web.Response:
         problem = _malformed(request)
         if problem is not None:
             return self.refuse(400, *problem)
@@ -214,19 +215,31 @@ class Ingest:
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
         headers = forwarded_headers(request, endpoint)
-        refused = self._refused_headers(headers) or self._refused_length(request)
+        clen = request.content_length
+        refused = self._refused_headers(headers) or self._refused_length(clen)
         if refused is not None:
             return refused
         idem_key = self._idempotency(request, endpoint.id)
-
-        async def accept() -> web.Response:
-            wid = new_id()
-            read = await self._read_body(request, wid)
-            if isinstance(read, web.Response):
-                return read
-            return await self._enqueue(endpoint, headers, wid, read, idem_key)
-
+        accept = functools.partial(self._accept, request, clen, endpoint, headers, idem_key)
+        if self._arrived(request, clen):
+            # The whole body has already arrived: there is nothing left to read under the
+            # deadline, and the enqueue is bounded by the queue's own Redis timeout.
+            return await accept()
         return await self._within_deadline(request, accept)
+
+    async def _accept(
+        self,
+        request: web.Request,
+        clen: int | None,
+        endpoint: Endpoint,
+        headers: dict[str, str],
+        idem_key: str | None,
+    ) -> web.Response:
+        wid = new_id()
+        read = await self._read_body(request, wid, clen)
+        if isinstance(read, web.Response):
+            return read
+        return await self._enqueue(endpoint, headers, wid, read, idem_key)
 
     async def _fan_out(self, request: web.Request, source: Source) -> web.Response:
         """A source's event: queued for every subscribed endpoint whose filter matches its
@@ -254,7 +267,8 @@ class Ingest:
             if refused is not None:
                 return refused
             headers.append((endpoint, forwarded))
-        refused = self._refused_length(request)
+        clen = request.content_length
+        refused = self._refused_length(clen)
         if refused is not None:
             return refused
         idem_key = self._idempotency(request, SOURCE + source.id)
@@ -263,7 +277,7 @@ class Ingest:
             wid = new_id()
             read = _NO_BODY  # no endpoint takes it: counted, and the body is not read
             if headers:
-                body = await self._read_body(request, wid)
+                body = await self._read_body(request, wid, clen)
                 if isinstance(body, web.Response):
                     return body
                 read = body
@@ -275,6 +289,8 @@ class Ingest:
                 response.force_close()  # the unread rest of the body is no next request
             return response
 
+        if self._arrived(request, clen):
+            return await accept()
         return await self._within_deadline(request, accept)
 
     def _refused_headers(self, headers: dict[str, str]) -> web.Response | None:
@@ -283,9 +299,8 @@ class Ingest:
                 return self.refuse(400, "invalid_header", f"{name}: {_PRINTABLE_RULE}")
         return None
 
-    def _refused_length(self, request: web.Request) -> web.Response | None:
+    def _refused_length(self, clen: int | None) -> web.Response | None:
         limit = self.config.max_body_bytes
-        clen = request.content_length
         if clen is not None and clen > limit:
             resp = self.refuse(413, "body_too_large", f"the body exceeds {limit} bytes")
             resp.force_close()
@@ -300,15 +315,15 @@ class Ingest:
             return None
         return hashlib.sha256(f"{scope}\0{idem}".encode()).hexdigest()[:40]
 
+    def _arrived(self, request: web.Request, clen: int | None) -> bool:
+        """Whether the request's whole body, of a size kept inline, is already in hand."""
+        return clen is not None and clen <= self.config.inline_limit and request.content.is_eof()
+
     async def _within_deadline(
         self, request: web.Request, accept: Callable[[], Awaitable[web.Response]]
     ) -> web.Response:
-        clen = request.content_length
-        if clen is not None and clen <= self.config.inline_limit and request.content.is_eof():
-            # The whole body has already arrived: there is nothing left to read under the
-            # deadline, and the enqueue is bounded by the queue's own Redis timeout.
-            return await accept()
-        # One deadline from the request's first byte (see hookline.receiver.frontdoor).
+        """``accept()`` within what is left of the request's deadline, which runs from its
+        first byte (see hookline.receiver.frontdoor)."""
         loop = asyncio.get_running_loop()
         first = request.get(FIRST_BYTE, loop.time())
         try:
@@ -319,12 +334,13 @@ class Ingest:
             resp.force_close()
             return resp
 
-    async def _read_body(self, request: web.Request, wid: str) -> Body | web.Response:
+    async def _read_body(
+        self, request: web.Request, wid: str, clen: int | None
+    ) -> Body | web.Response:
         """The body, in hand when it fits inline, else streamed to the body store (its
         reference returned); or the refusal when it is too large or the store fails."""
         config = self.config
         inline = config.inline_limit
-        clen = request.content_length
         try:
             if clen is not None and clen <= inline:
                 body = await request.read()
@@ -370,13 +386,14 @@ class Ingest:
             created_ms=int(time.time() * 1000),
         )
 
-        async def write() -> str:
-            with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
-                return await self.queue.enqueue(endpoint.pool, webhook, idem_key)
-
-        accepted = await self._write(read.ref, write)
-        if isinstance(accepted, web.Response):
-            return accepted
+        try:
+            if self.tracing.enabled:
+                with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
+                    accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+            else:
+                accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+        except StoreUnavailable as exc:
+            return await self._not_written(read.ref, exc)
         if accepted != wid:  # a repeated Idempotency-Key: the first webhook stands
             await self._discard(read.ref)
         (self.ingested_ref if read.ref else self.ingested_inline).n += 1
@@ -397,7 +414,7 @@ class Ingest:
         shared = len(headers) > 1
         event = Webhook(id=wid, endpoint=source.id, headers={}, size=read.size, created_ms=created)
 
-        async def write() -> tuple[str, int]:
+        try:
             with spans.produce(self.tracing, event, SOURCE + source.id):
                 deliveries = [
                     (
@@ -417,33 +434,26 @@ class Ingest:
                     )
                     for endpoint, forwarded in headers
                 ]
-                return await self.queue.fan_out(source.id, wid, deliveries, read.body, idem_key)
-
-        answer = await self._write(read.ref, write)
-        if isinstance(answer, web.Response):
-            return answer
+                answer = await self.queue.fan_out(source.id, wid, deliveries, read.body, idem_key)
+        except StoreUnavailable as exc:
+            return await self._not_written(read.ref, exc)
         if answer[0] != wid:  # a repeated Idempotency-Key: the first event stands
             await self._discard(read.ref)
         if headers:
             (self.ingested_ref if read.ref else self.ingested_inline).n += 1
         return answer
 
-    async def _write(self, ref: str | None, write: Callable[[], Awaitable[R]]) -> R | web.Response:
-        """The queue write of a request, or a 503 when Redis did not answer it. A body the
-        request stored is kept then: the command may have reached Redis and run after all
-        (a reply that came too late, a connection lost after the write), and its entries
-        would name the body. The body reaper removes it after ``HOOKLINE_BODY_GRACE`` if
-        no entry does (docs/bodies.md). Only a command that never left (Redis not reached)
-        lets the body go at once."""
-        try:
-            return await write()
-        except StoreNotReached as exc:  # never sent: nothing can name the body
-            log.warning("queue unavailable: %s", exc)
+    async def _not_written(self, ref: str | None, exc: StoreUnavailable) -> web.Response:
+        """The 503 for a queue write Redis did not answer. A body the request stored is kept
+        then: the command may have reached Redis and run after all (a reply that came too
+        late, a connection lost after the write), and its entries would name the body. The
+        body reaper removes it after ``HOOKLINE_BODY_GRACE`` if no entry does
+        (docs/bodies.md). Only a command that never left (Redis not reached) lets the body
+        go at once."""
+        log.warning("queue unavailable: %s", exc)
+        if isinstance(exc, StoreNotReached):  # never sent: nothing can name the body
             await self._discard(ref)
-            return self._unavailable("the queue is unavailable")
-        except StoreUnavailable as exc:
-            log.warning("queue unavailable: %s", exc)
-            return self._unavailable("the queue is unavailable")
+        return self._unavailable("the queue is unavailable")
 
     async def _discard(self, ref: str | None) -> None:
         if ref is not None:
@@ -499,7 +509,7 @@ def create_app(
     app[METRICS] = metrics
     app[TRACING] = tracing
     ingest = Ingest(app)
-    app.add_routes([web.post(ROUTE, ingest.send, expect_handler=_expect)])
+    app.add_routes([web.post(ROUTE, ingest.handler, expect_handler=_expect)])
     app.add_routes(probe_routes(metrics, _readiness(cache, queue, bodies)))
 
     async def follow_registry(_: web.Application) -> AsyncIterator[None]:
