@@ -30,7 +30,6 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -39,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from hookline.models import Deferred, Delivered, Failed, Outcome, Rejected, Webhook
-from hookline.tracing import Tracing
+from hookline.tracing import Tracing, attach, current_context, current_span, detach, remote
 
 MESSAGING_SYSTEM: Final = "redis"
 
@@ -47,6 +46,7 @@ MESSAGING_SYSTEM: Final = "redis"
 _BAGGAGE: Final = W3CBaggagePropagator()
 _CARRIER: Final = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
 _NOTHING: Final[AbstractContextManager[None]] = contextlib.nullcontext()
+_EMPTY: Final = Context()
 
 
 class _Ending:
@@ -79,8 +79,8 @@ class _Current(_Ending):
     __slots__ = ("token",)
 
     def __init__(self, span: trace.Span, context: Context | None) -> None:
-        super().__init__(span)
-        self.token = otel_context.attach(trace.set_span_in_context(span, context))
+        self.span = span
+        self.token = attach(span, context)
 
     def __exit__(
         self,
@@ -96,7 +96,7 @@ class _Current(_Ending):
                 self.span.record_exception(exc, escaped=True)
             super().__exit__(kind, exc, tb)
         finally:
-            otel_context.detach(self.token)
+            detach(self.token)
 
 
 # -- receiver
@@ -127,12 +127,13 @@ def server(
             fixed["server.address"] = host
         static = tracing.static(key, fixed)
     attributes: dict[str, Any] = {}
-    if request.remote:
-        attributes["client.address"] = request.remote
-    agent = request.headers.get("User-Agent")
-    if agent:
-        attributes["user_agent.original"] = agent
     span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, static)
+    if span.is_recording():  # the span keeps the dict: filled only for a span that records
+        if request.remote:
+            attributes["client.address"] = request.remote
+        agent = request.headers.get("User-Agent")
+        if agent:
+            attributes["user_agent.original"] = agent
     return _Current(span, parent)
 
 
@@ -166,20 +167,17 @@ def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractCon
             "messaging.destination.name": destination,
         }
         static = tracing.static(("send", destination), fixed)
-    attributes = {
-        "messaging.message.id": webhook.id,
-        "messaging.message.body.size": webhook.size,
-        "hookline.endpoint": webhook.endpoint,
-    }
+    attributes: dict[str, Any] = {}
     span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, static)
-    ctx = span.get_span_context()
+    if span.is_recording():  # the span keeps the dict: filled only for a span that records
+        attributes["messaging.message.id"] = webhook.id
+        attributes["messaging.message.body.size"] = webhook.size
+        attributes["hookline.endpoint"] = webhook.endpoint
     # W3C traceparent written here, not by the propagator: a third of the cost
-    webhook.trace["traceparent"] = (
-        f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-    )
-    if ctx.trace_state:
-        webhook.trace["tracestate"] = ctx.trace_state.to_header()
-    if baggage.get_all():
+    webhook.trace["traceparent"], state = tracing.traceparent(span)
+    if state:
+        webhook.trace["tracestate"] = state.to_header()
+    if baggage.get_all(current_context()):
         _BAGGAGE.inject(webhook.trace)
     return _Ending(span)
 
@@ -206,15 +204,15 @@ def consume(
             "messaging.consumer.group.name": group,
         }
         static = tracing.static(("process", destination, group), fixed)
-    attributes = {
-        "messaging.message.id": webhook.id,
-        "messaging.message.body.size": webhook.size,
-        "hookline.endpoint": webhook.endpoint,
-        "hookline.attempt": webhook.attempt + 1,
-    }
+    attributes: dict[str, Any] = {}
     span = tracing.start(
-        f"process {destination}", SpanKind.CONSUMER, parent or Context(), attributes, static
+        f"process {destination}", SpanKind.CONSUMER, parent or _EMPTY, attributes, static
     )
+    if span.is_recording():  # the span keeps the dict: filled only for a span that records
+        attributes["messaging.message.id"] = webhook.id
+        attributes["messaging.message.body.size"] = webhook.size
+        attributes["hookline.endpoint"] = webhook.endpoint
+        attributes["hookline.attempt"] = webhook.attempt + 1
     return _Current(span, parent)
 
 
@@ -222,7 +220,7 @@ def outcome(tracing: Tracing, result: Outcome) -> None:
     """Record what the current delivery attempt came to on its CONSUMER span."""
     if not tracing.enabled:
         return
-    span = trace.get_current_span()
+    span = current_span()
     if not span.is_recording():
         return
     if isinstance(result, Delivered):
@@ -239,7 +237,7 @@ def dead_lettered(tracing: Tracing, reason: str) -> None:
     letter."""
     if not tracing.enabled:
         return
-    span = trace.get_current_span()
+    span = current_span()
     if span.is_recording():
         span.set_attribute("hookline.dead_letter", reason)
         span.set_status(Status(StatusCode.ERROR, reason))
@@ -349,8 +347,7 @@ def _extract_entry(carrier: dict[str, str]) -> Context:
             pass
         else:
             if trace_id and span_id and value[35] == value[52] == "-":
-                remote = trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags & 0xFF))
-                return trace.set_span_in_context(trace.NonRecordingSpan(remote), Context())
+                return remote(trace_id, span_id, flags)
     return _CARRIER.extract(carrier)
 
 
