@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -38,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from hookline.models import Deferred, Delivered, Failed, Outcome, Rejected, Webhook
-from hookline.tracing import Tracing, attach, current_context, current_span, detach, remote
+from hookline.tracing import Tracing, attach, current_span, detach, has_baggage, remote
 
 MESSAGING_SYSTEM: Final = "redis"
 
@@ -177,7 +177,7 @@ def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractCon
     webhook.trace["traceparent"], state = tracing.traceparent(span)
     if state:
         webhook.trace["tracestate"] = state.to_header()
-    if baggage.get_all(current_context()):
+    if has_baggage():
         _BAGGAGE.inject(webhook.trace)
     return _Ending(span)
 

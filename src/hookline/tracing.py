@@ -29,8 +29,9 @@ from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -372,6 +373,16 @@ def detach(token: object) -> None:
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    # bytes.hex: a third of the time of f"{trace_id:032x}" for numbers this wide
+    return f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
+
+
+def has_baggage() -> bool:
+    """Whether the current context holds baggage (``baggage.get_all()``, not copied)."""
+    return bool(current_context().get(_BAGGAGE_KEY))
+
+
 def current_span() -> trace.Span:
     """``trace.get_current_span()``."""
     span = current_context().get(_SPAN_KEY)
@@ -552,7 +563,7 @@ class Tracing:
         """Write ``span``'s context into ``carrier`` with the configured propagators. With
         the default ones the headers are formatted here: the same text for a third of
         the cost (``tests/test_tracing.py`` compares them)."""
-        if not self._default_propagation or baggage.get_all(current_context()):
+        if not self._default_propagation or has_baggage():
             self.propagator.inject(carrier, trace.set_span_in_context(span))
             return
         if isinstance(span, _Own):
@@ -573,7 +584,7 @@ class Tracing:
                 ctx.trace_flags,
                 ctx.trace_state,
             )
-        carrier["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+        carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
         if state:
             carrier["tracestate"] = state.to_header()
         parent = span._parent if isinstance(span, _Span) else None
@@ -583,7 +594,8 @@ class Tracing:
             parent_id = parent._span_id if isinstance(parent, _Own) else parent.span_id
         jaeger_flags = flags | 2 if flags & 1 else flags  # Jaeger's "debug" bit, as its propagator
         carrier["uber-trace-id"] = (
-            f"{trace_id:032x}:{span_id:016x}:{parent_id:016x}:{jaeger_flags:02x}"
+            f"{trace_id.to_bytes(16, 'big').hex()}:{span_id.to_bytes(8, 'big').hex()}:"
+            f"{parent_id.to_bytes(8, 'big').hex()}:{jaeger_flags:02x}"
         )
 
     @staticmethod
@@ -604,7 +616,7 @@ class Tracing:
                 ctx.trace_flags,
                 ctx.trace_state,
             )
-        return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}", state
+        return _traceparent(trace_id, span_id, flags), state
 
     # -- lifecycle
 
