@@ -109,6 +109,20 @@ def server(
     or ``uber-trace-id``, and its baggage) and current while the request is handled.
     Only with tracing on: the receiver skips it otherwise."""
     parent = tracing.extract(request.headers)
+    attributes: dict[str, Any] = {}
+    span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, None)
+    # Attributes only for a span that records (it keeps the dict): a dropped one costs less.
+    if span.is_recording():
+        tracing.share(span, _server_static(tracing, request, route))
+        if request.remote:
+            attributes["client.address"] = request.remote
+        agent = request.headers.get("User-Agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+    return _Current(span, parent)
+
+
+def _server_static(tracing: Tracing, request: web.Request, route: str) -> Any:
     host = request.host
     key = (route, request.method, request.scheme, host)
     static = tracing.statics.get(key)
@@ -126,15 +140,7 @@ def server(
         else:
             fixed["server.address"] = host
         static = tracing.static(key, fixed)
-    attributes: dict[str, Any] = {}
-    span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, static)
-    if span.is_recording():  # the span keeps the dict: filled only for a span that records
-        if request.remote:
-            attributes["client.address"] = request.remote
-        agent = request.headers.get("User-Agent")
-        if agent:
-            attributes["user_agent.original"] = agent
-    return _Current(span, parent)
+    return static
 
 
 def answered(span: trace.Span, status: int) -> None:
@@ -158,18 +164,20 @@ def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractCon
     so this must be entered before the entry is packed."""
     if not tracing.enabled:
         return _NOTHING
-    static = tracing.statics.get(("send", destination))
-    if static is None:
-        fixed = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "xadd",
-            "messaging.destination.name": destination,
-        }
-        static = tracing.static(("send", destination), fixed)
     attributes: dict[str, Any] = {}
-    span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, static)
-    if span.is_recording():  # the span keeps the dict: filled only for a span that records
+    span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, None)
+    recording = span.is_recording()
+    if recording:  # the span keeps the dict: filled only for a span that records
+        static = tracing.statics.get(("send", destination))
+        if static is None:
+            fixed = {
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "xadd",
+                "messaging.destination.name": destination,
+            }
+            static = tracing.static(("send", destination), fixed)
+        tracing.share(span, static)
         attributes["messaging.message.id"] = webhook.id
         attributes["messaging.message.body.size"] = webhook.size
         attributes["hookline.endpoint"] = webhook.endpoint
@@ -179,7 +187,7 @@ def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractCon
         webhook.trace["tracestate"] = state.to_header()
     if has_baggage():
         _BAGGAGE.inject(webhook.trace)
-    return _Ending(span)
+    return _Ending(span) if recording else _NOTHING
 
 
 # -- dispatcher
@@ -194,21 +202,22 @@ def consume(
     if not tracing.enabled:
         return _NOTHING
     parent = _extract_entry(webhook.trace) if webhook.trace else None
-    static = tracing.statics.get(("process", destination, group))
-    if static is None:
-        fixed = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "deliver",
-            "messaging.destination.name": destination,
-            "messaging.consumer.group.name": group,
-        }
-        static = tracing.static(("process", destination, group), fixed)
     attributes: dict[str, Any] = {}
     span = tracing.start(
-        f"process {destination}", SpanKind.CONSUMER, parent or _EMPTY, attributes, static
+        f"process {destination}", SpanKind.CONSUMER, parent or _EMPTY, attributes, None
     )
     if span.is_recording():  # the span keeps the dict: filled only for a span that records
+        static = tracing.statics.get(("process", destination, group))
+        if static is None:
+            fixed = {
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "deliver",
+                "messaging.destination.name": destination,
+                "messaging.consumer.group.name": group,
+            }
+            static = tracing.static(("process", destination, group), fixed)
+        tracing.share(span, static)
         attributes["messaging.message.id"] = webhook.id
         attributes["messaging.message.body.size"] = webhook.size
         attributes["hookline.endpoint"] = webhook.endpoint
@@ -261,6 +270,13 @@ def post(
 
 
 def _client_span(tracing: Tracing, method: str, url: str) -> trace.Span:
+    span = tracing.start(method, SpanKind.CLIENT, None, {}, None)
+    if span.is_recording():
+        tracing.share(span, _client_static(tracing, method, url))
+    return span
+
+
+def _client_static(tracing: Tracing, method: str, url: str) -> Any:
     key = ("client", method, url)
     static = tracing.statics.get(key)
     if static is None:
@@ -273,7 +289,7 @@ def _client_span(tracing: Tracing, method: str, url: str) -> trace.Span:
         if parts.port is not None:
             fixed["server.port"] = parts.port
         static = tracing.static(key, fixed)
-    return tracing.start(method, SpanKind.CLIENT, None, {}, static)
+    return static
 
 
 class _ClientCall:

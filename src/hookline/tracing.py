@@ -357,7 +357,10 @@ def attach(span: trace.Span, context: Context | None) -> object:
     """Make ``span`` current, in ``context`` (default: the current one); a token for
     :func:`detach`. ``context.attach(trace.set_span_in_context(span, context))``."""
     values = current_context() if context is None else context
-    inner = Context({**values, _SPAN_KEY: span})
+    if values.get(_SPAN_KEY) is span:  # already current there (an unsampled child is its parent)
+        inner = values
+    else:
+        inner = Context({**values, _SPAN_KEY: span}) if values else Context({_SPAN_KEY: span})
     if _CURRENT is not None:
         return _CURRENT.set(inner)
     return otel_context.attach(inner)
@@ -461,7 +464,10 @@ class Tracing:
         ``static`` ones come from :meth:`static`."""
         found = (current_context() if context is None else context).get(_SPAN_KEY)
         parent: _Own | SpanContext | None
-        if isinstance(found, _Own):
+        if found is None:
+            parent, state, flags = None, None, 0
+            trace_id = _random_bits(128) or 1
+        elif isinstance(found, _Own):
             if found._flags == 0 and self._follow_parent:
                 # Its unsampled child: nothing records either, so the parent's context
                 # serves as the child's (as for any span without a recording tracer).
@@ -492,6 +498,13 @@ class Tracing:
             if result.attributes:
                 attributes.update(result.attributes)
         return _Span(self, trace_id, span_id, state, parent, name, kind, attributes, static)
+
+    @staticmethod
+    def share(span: trace.Span, static: _Static) -> None:
+        """Give a recording span of :meth:`start` the attributes of :meth:`static` (for
+        callers that look them up only once the span records)."""
+        if isinstance(span, _Span):
+            span._static = static
 
     def _finish(self, span: _Span) -> None:
         status = span._status
