@@ -70,3 +70,34 @@ def test_headers_formatted_directly_match_the_propagators() -> None:
         assert carrier["uberctx-tenant"] == "acme"
     finally:
         tracing.provider.shutdown()  # type: ignore[union-attr]
+
+
+def test_ratio_samplers_decide_as_the_sdk_samplers() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+
+    judge = TraceIdRatioBased(0.5)
+    for name in ("traceidratio", "parentbased_traceidratio"):
+        env = {**ENDPOINT, "OTEL_TRACES_SAMPLER": name, "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+        tracing = setup(Config(), RECEIVER, env, install_global=False)
+        try:
+            decisions = set()
+            for _ in range(200):
+                root = tracing.start("r", trace.SpanKind.SERVER, Context(), {}, None)
+                trace_id = root.get_span_context().trace_id
+                sampled = judge.should_sample(None, trace_id, "r").decision
+                assert root.is_recording() is (sampled is Decision.RECORD_AND_SAMPLE)
+                decisions.add(root.is_recording())
+                child = tracing.start("c", trace.SpanKind.PRODUCER, set_span_in(root), {}, None)
+                assert child.get_span_context().trace_id == trace_id
+                if name.startswith("parentbased"):  # the child follows its parent
+                    assert child.is_recording() is root.is_recording()
+                    assert child.get_span_context().trace_flags.sampled is root.is_recording()
+                child.end()
+                root.end()
+            assert decisions == {True, False}
+        finally:
+            tracing.provider.shutdown()  # type: ignore[union-attr]
+
+
+def set_span_in(span: trace.Span) -> Context:
+    return trace.set_span_in_context(span, Context())

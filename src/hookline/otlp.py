@@ -208,12 +208,8 @@ def encode_span(
     ]
     if dropped[0]:
         out.append(b"\x50" + _varint(dropped[0]))
-    for event_name, at, event_attributes, event_dropped in events:
-        event = b"\x09" + _pack_fixed64(at) + _string(b"\x12", event_name)
-        event += _attributes(b"\x1a", event_attributes)
-        if event_dropped:
-            event += b"\x20" + _varint(event_dropped)
-        out.append(_field(b"\x5a", event))
+    if events:
+        out.append(_events(events))
     if dropped[1]:
         out.append(b"\x60" + _varint(dropped[1]))
     for link_context, link_attributes, link_dropped in links:
@@ -234,6 +230,71 @@ def encode_span(
     else:
         out.append(b"\x7a\x00")
     out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return b"".join(out)
+
+
+_pack_ids = struct.Struct(">HQQHQ").pack  # trace id (as two halves), span id, with their keys
+_MASK64 = (1 << 64) - 1
+_HEADS: dict[tuple[str, int], bytes] = {}  # (name, kind) → their two fields
+
+
+def encode_own(
+    trace_id: int,
+    span_id: int,
+    state: str,
+    parent_id: int,
+    remote: bool,
+    name: str,
+    kind: int,
+    start: int,
+    end: int,
+    encoded: bytes,
+    attributes: Mapping[str, Any],
+    status_code: int,
+    status_message: str | None,
+    events: Sequence[tuple[str, int, Mapping[str, Any] | None, int]] | None,
+) -> bytes:
+    """One OTLP ``Span`` message for one of hookline's own spans (:mod:`hookline.tracing`):
+    the same bytes as :func:`encode_span`, from plain values, with what hookline's spans
+    never have (links, dropped counts) left out. ``state`` is the W3C ``tracestate``
+    header ("" for none), ``parent_id`` 0 for a root span, ``encoded`` the static
+    attributes (:func:`encode_attributes`), which come before ``attributes``."""
+    head = _HEADS.get((name, kind))
+    if head is None:
+        head = _string(b"\x2a", name) + _KINDS[kind]
+        if len(_HEADS) < 4096:
+            _HEADS[name, kind] = head
+    if status_code or status_message:
+        status = _string(b"\x12", status_message or "")
+        if status_code:
+            status += b"\x18" + _SMALL[status_code]
+        status = _field(b"\x7a", status)
+    else:
+        status = b"\x7a\x00"
+    return b"".join(
+        (
+            _pack_ids(0x0A10, trace_id >> 64, trace_id & _MASK64, 0x1208, span_id),
+            _string(b"\x1a", state) if state else b"",
+            b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else b"",
+            head,
+            _pack_times(0x39, start, 0x41, end),
+            encoded,
+            _attributes(b"\x4a", attributes) if attributes else b"",
+            _events(events) if events else b"",
+            status,
+            _FLAGS_REMOTE if remote else _FLAGS_LOCAL,
+        )
+    )
+
+
+def _events(events: Sequence[tuple[str, int, Mapping[str, Any] | None, int]]) -> bytes:
+    out = []
+    for event_name, at, event_attributes, event_dropped in events:
+        event = b"\x09" + _pack_fixed64(at) + _string(b"\x12", event_name)
+        event += _attributes(b"\x1a", event_attributes)
+        if event_dropped:
+            event += b"\x20" + _varint(event_dropped)
+        out.append(_field(b"\x5a", event))
     return b"".join(out)
 
 

@@ -29,8 +29,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -39,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from hookline.models import Deferred, Delivered, Failed, Outcome, Rejected, Webhook
-from hookline.tracing import Tracing
+from hookline.tracing import Tracing, attach, current_span, detach, has_baggage, remote
 
 MESSAGING_SYSTEM: Final = "redis"
 
@@ -47,6 +46,7 @@ MESSAGING_SYSTEM: Final = "redis"
 _BAGGAGE: Final = W3CBaggagePropagator()
 _CARRIER: Final = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
 _NOTHING: Final[AbstractContextManager[None]] = contextlib.nullcontext()
+_EMPTY: Final = Context()
 
 
 class _Ending:
@@ -79,8 +79,8 @@ class _Current(_Ending):
     __slots__ = ("token",)
 
     def __init__(self, span: trace.Span, context: Context | None) -> None:
-        super().__init__(span)
-        self.token = otel_context.attach(trace.set_span_in_context(span, context))
+        self.span = span
+        self.token = attach(span, context)
 
     def __exit__(
         self,
@@ -96,7 +96,7 @@ class _Current(_Ending):
                 self.span.record_exception(exc, escaped=True)
             super().__exit__(kind, exc, tb)
         finally:
-            otel_context.detach(self.token)
+            detach(self.token)
 
 
 # -- receiver
@@ -109,6 +109,20 @@ def server(
     or ``uber-trace-id``, and its baggage) and current while the request is handled.
     Only with tracing on: the receiver skips it otherwise."""
     parent = tracing.extract(request.headers)
+    attributes: dict[str, Any] = {}
+    span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, None)
+    # Attributes only for a span that records (it keeps the dict): a dropped one costs less.
+    if span.is_recording():
+        tracing.share(span, _server_static(tracing, request, route))
+        if request.remote:
+            attributes["client.address"] = request.remote
+        agent = request.headers.get("User-Agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+    return _Current(span, parent)
+
+
+def _server_static(tracing: Tracing, request: web.Request, route: str) -> Any:
     host = request.host
     key = (route, request.method, request.scheme, host)
     static = tracing.statics.get(key)
@@ -126,14 +140,7 @@ def server(
         else:
             fixed["server.address"] = host
         static = tracing.static(key, fixed)
-    attributes: dict[str, Any] = {}
-    if request.remote:
-        attributes["client.address"] = request.remote
-    agent = request.headers.get("User-Agent")
-    if agent:
-        attributes["user_agent.original"] = agent
-    span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, static)
-    return _Current(span, parent)
+    return static
 
 
 def answered(span: trace.Span, status: int) -> None:
@@ -157,31 +164,30 @@ def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractCon
     so this must be entered before the entry is packed."""
     if not tracing.enabled:
         return _NOTHING
-    static = tracing.statics.get(("send", destination))
-    if static is None:
-        fixed = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "xadd",
-            "messaging.destination.name": destination,
-        }
-        static = tracing.static(("send", destination), fixed)
-    attributes = {
-        "messaging.message.id": webhook.id,
-        "messaging.message.body.size": webhook.size,
-        "hookline.endpoint": webhook.endpoint,
-    }
-    span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, static)
-    ctx = span.get_span_context()
+    attributes: dict[str, Any] = {}
+    span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, None)
+    recording = span.is_recording()
+    if recording:  # the span keeps the dict: filled only for a span that records
+        static = tracing.statics.get(("send", destination))
+        if static is None:
+            fixed = {
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "xadd",
+                "messaging.destination.name": destination,
+            }
+            static = tracing.static(("send", destination), fixed)
+        tracing.share(span, static)
+        attributes["messaging.message.id"] = webhook.id
+        attributes["messaging.message.body.size"] = webhook.size
+        attributes["hookline.endpoint"] = webhook.endpoint
     # W3C traceparent written here, not by the propagator: a third of the cost
-    webhook.trace["traceparent"] = (
-        f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-    )
-    if ctx.trace_state:
-        webhook.trace["tracestate"] = ctx.trace_state.to_header()
-    if baggage.get_all():
+    webhook.trace["traceparent"], state = tracing.traceparent(span)
+    if state:
+        webhook.trace["tracestate"] = state.to_header()
+    if has_baggage():
         _BAGGAGE.inject(webhook.trace)
-    return _Ending(span)
+    return _Ending(span) if recording else _NOTHING
 
 
 # -- dispatcher
@@ -196,25 +202,26 @@ def consume(
     if not tracing.enabled:
         return _NOTHING
     parent = _extract_entry(webhook.trace) if webhook.trace else None
-    static = tracing.statics.get(("process", destination, group))
-    if static is None:
-        fixed = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "deliver",
-            "messaging.destination.name": destination,
-            "messaging.consumer.group.name": group,
-        }
-        static = tracing.static(("process", destination, group), fixed)
-    attributes = {
-        "messaging.message.id": webhook.id,
-        "messaging.message.body.size": webhook.size,
-        "hookline.endpoint": webhook.endpoint,
-        "hookline.attempt": webhook.attempt + 1,
-    }
+    attributes: dict[str, Any] = {}
     span = tracing.start(
-        f"process {destination}", SpanKind.CONSUMER, parent or Context(), attributes, static
+        f"process {destination}", SpanKind.CONSUMER, parent or _EMPTY, attributes, None
     )
+    if span.is_recording():  # the span keeps the dict: filled only for a span that records
+        static = tracing.statics.get(("process", destination, group))
+        if static is None:
+            fixed = {
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "deliver",
+                "messaging.destination.name": destination,
+                "messaging.consumer.group.name": group,
+            }
+            static = tracing.static(("process", destination, group), fixed)
+        tracing.share(span, static)
+        attributes["messaging.message.id"] = webhook.id
+        attributes["messaging.message.body.size"] = webhook.size
+        attributes["hookline.endpoint"] = webhook.endpoint
+        attributes["hookline.attempt"] = webhook.attempt + 1
     return _Current(span, parent)
 
 
@@ -222,7 +229,7 @@ def outcome(tracing: Tracing, result: Outcome) -> None:
     """Record what the current delivery attempt came to on its CONSUMER span."""
     if not tracing.enabled:
         return
-    span = trace.get_current_span()
+    span = current_span()
     if not span.is_recording():
         return
     if isinstance(result, Delivered):
@@ -239,7 +246,7 @@ def dead_lettered(tracing: Tracing, reason: str) -> None:
     letter."""
     if not tracing.enabled:
         return
-    span = trace.get_current_span()
+    span = current_span()
     if span.is_recording():
         span.set_attribute("hookline.dead_letter", reason)
         span.set_status(Status(StatusCode.ERROR, reason))
@@ -263,6 +270,13 @@ def post(
 
 
 def _client_span(tracing: Tracing, method: str, url: str) -> trace.Span:
+    span = tracing.start(method, SpanKind.CLIENT, None, {}, None)
+    if span.is_recording():
+        tracing.share(span, _client_static(tracing, method, url))
+    return span
+
+
+def _client_static(tracing: Tracing, method: str, url: str) -> Any:
     key = ("client", method, url)
     static = tracing.statics.get(key)
     if static is None:
@@ -275,7 +289,7 @@ def _client_span(tracing: Tracing, method: str, url: str) -> trace.Span:
         if parts.port is not None:
             fixed["server.port"] = parts.port
         static = tracing.static(key, fixed)
-    return tracing.start(method, SpanKind.CLIENT, None, {}, static)
+    return static
 
 
 class _ClientCall:
@@ -349,8 +363,7 @@ def _extract_entry(carrier: dict[str, str]) -> Context:
             pass
         else:
             if trace_id and span_id and value[35] == value[52] == "-":
-                remote = trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags & 0xFF))
-                return trace.set_span_in_context(trace.NonRecordingSpan(remote), Context())
+                return remote(trace_id, span_id, flags)
     return _CARRIER.extract(carrier)
 
 

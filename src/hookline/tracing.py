@@ -26,22 +26,26 @@ import asyncio
 import random
 import time
 from collections.abc import Hashable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.jaeger import JaegerPropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import (
-    NonRecordingSpan,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util import types
 
@@ -56,7 +60,9 @@ SCOPE: Final = "hookline"
 _EMPTY: Final = Context()
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
-_random = random.Random()  # ids need not be secret, only unique (as the SDK's generator)
+# ids need not be secret, only unique (as the SDK's generator)
+_random_bits: Final = random.Random().getrandbits
+_RATIO_MASK: Final = (1 << 64) - 1  # the trace id bits TraceIdRatioBased compares
 
 
 class _DefaultPropagator(CompositePropagator):
@@ -84,13 +90,111 @@ class _Static:
         self.encoded = encode_attributes(attributes) if encode else b""
 
 
-class _Span(trace.Span):
-    """One of hookline's spans: an OpenTelemetry API span that records into plain slots
-    and, when it ends, goes to the exporter (see :class:`Tracing`)."""
+class _Own(trace.Span):
+    """What hookline's spans, recording or not, have in common: their context as plain
+    slots, from which :meth:`get_span_context` builds the API's ``SpanContext`` only when
+    other code asks for it (hookline's own paths read the slots)."""
+
+    __slots__ = ("_context", "_flags", "_span_id", "_state", "_trace_id")
+
+    _remote = False  # whether the span is another process's (read from a carrier)
+    _trace_id: int
+    _span_id: int
+    _flags: int
+    _state: TraceState | None
+    _context: SpanContext | None
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            context = self._context = SpanContext(
+                self._trace_id,
+                self._span_id,
+                self._remote,
+                _SAMPLED if self._flags else _UNSAMPLED,
+                self._state,
+            )
+        return context
+
+    @property
+    def parent(self) -> SpanContext | None:
+        return None
+
+
+class _Unsampled(_Own):
+    """A span the sampler dropped: its context travels on (a child, the queue entry, the
+    endpoint's ``traceparent``), nothing is recorded. What the SDK's
+    ``NonRecordingSpan`` is, for a fraction of its cost."""
+
+    __slots__ = ()
+
+    def __init__(self, trace_id: int, span_id: int, state: TraceState | None) -> None:
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._flags = 0
+        self._state = state
+        self._context = None
+
+    def is_recording(self) -> bool:
+        return False
+
+    def end(self, end_time: int | None = None) -> None:
+        pass
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        pass
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        pass
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        pass
+
+    def update_name(self, name: str) -> None:
+        pass
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        pass
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        pass
+
+
+class _Remote(_Unsampled):
+    """The span of another process whose context a carrier brought (a queue entry):
+    a parent, recording nothing here."""
+
+    __slots__ = ()
+    _remote = True
+
+    def __init__(self, trace_id: int, span_id: int, flags: int) -> None:
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._flags = flags & 1
+        self._state = None
+        self._context = None
+
+
+def remote(trace_id: int, span_id: int, flags: int) -> Context:
+    """A context holding another process's span as its current one (as a propagator's
+    ``extract`` returns it), for a carrier read without one; no trace state."""
+    return Context({_SPAN_KEY: _Remote(trace_id, span_id, flags)})
+
+
+class _Span(_Own):
+    """One of hookline's recording spans: an OpenTelemetry API span that records into
+    plain slots and, when it ends, goes to the exporter (see :class:`Tracing`)."""
 
     __slots__ = (
         "_attributes",
-        "_context",
         "_end",
         "_events",
         "_kind",
@@ -105,32 +209,36 @@ class _Span(trace.Span):
     def __init__(
         self,
         tracing: Tracing,
-        context: SpanContext,
-        parent: SpanContext | None,
+        trace_id: int,
+        span_id: int,
+        state: TraceState | None,
+        parent: _Own | SpanContext | None,
         name: str,
         kind: SpanKind,
         attributes: dict[str, Any],
         static: _Static | None,
     ) -> None:
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._flags = 1
+        self._state = state
+        self._context = None
         self._tracing = tracing
-        self._context = context
         self._parent = parent
         self._name = name
         self._kind = kind
         self._attributes = attributes
         self._static = static
         self._status: Status | None = None
-        self._events: list[tuple[str, int, Mapping[str, Any] | None, int]] = []
+        self._events: list[tuple[str, int, Mapping[str, Any] | None, int]] | None = None
         self._end = 0
         self._start = time.time_ns()
-
-    def get_span_context(self) -> SpanContext:
-        return self._context
 
     @property
     def parent(self) -> SpanContext | None:
         """The parent's context, as the SDK's spans have it (the Jaeger propagator reads it)."""
-        return self._parent
+        parent = self._parent
+        return parent.get_span_context() if isinstance(parent, _Own) else parent
 
     def is_recording(self) -> bool:
         return not self._end
@@ -150,6 +258,8 @@ class _Span(trace.Span):
         timestamp: int | None = None,
     ) -> None:
         if not self._end:
+            if self._events is None:
+                self._events = []
             self._events.append((name, timestamp or time.time_ns(), attributes, 0))
 
     def update_name(self, name: str) -> None:
@@ -180,16 +290,119 @@ class _Span(trace.Span):
             self._tracing._finish(self)
 
 
+# How the provider's sampler decides, when hookline can decide the same inline (the SDK's
+# sampler objects answer the same, several times slower): the fixed answers, a trace-id
+# ratio, and either of these for root spans under the parent's decision.
+_ON, _OFF, _RATIO, _ASK = range(4)
+
+
+def _inline(sampler: Sampler) -> tuple[int, int]:
+    """(how, ratio bound) for a sampler that decides without a parent, else (_ASK, 0)."""
+    from opentelemetry.sdk.trace import sampling
+
+    kind = type(sampler)
+    if kind.should_sample is sampling.StaticSampler.should_sample:
+        decision = sampler._decision  # type: ignore[attr-defined]
+        if decision is sampling.Decision.RECORD_AND_SAMPLE:
+            return _ON, 0
+        if decision is sampling.Decision.DROP:
+            return _OFF, 0
+    if kind.should_sample is sampling.TraceIdRatioBased.should_sample:
+        assert isinstance(sampler, sampling.TraceIdRatioBased)
+        return _RATIO, sampler.bound
+    return _ASK, 0
+
+
+def _follows_parent(sampler: Sampler) -> Sampler | None:
+    """The root sampler of a ``ParentBased`` sampler that otherwise just follows the
+    parent's sampled flag (its default delegates), else None."""
+    from opentelemetry.sdk.trace import sampling
+
+    if not isinstance(sampler, sampling.ParentBased) or (
+        type(sampler).should_sample is not sampling.ParentBased.should_sample
+    ):
+        return None
+    on, off = sampling.ALWAYS_ON, sampling.ALWAYS_OFF
+    if (
+        sampler._remote_parent_sampled is on
+        and sampler._local_parent_sampled is on
+        and sampler._remote_parent_not_sampled is off
+        and sampler._local_parent_not_sampled is off
+    ):
+        return sampler._root
+    return None
+
+
+def _runtime_context() -> ContextVar[Context] | None:
+    """The ContextVar behind OpenTelemetry's current context, when the runtime context is
+    the default one: reading and setting it directly is what ``context.get_current``,
+    ``attach`` and ``detach`` do, minus their layers of calls."""
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
+        return var
+    return None
+
+
+_CURRENT: Final = _runtime_context()
+
+
+def current_context() -> Context:
+    return _CURRENT.get() if _CURRENT is not None else otel_context.get_current()
+
+
+def attach(span: trace.Span, context: Context | None) -> object:
+    """Make ``span`` current, in ``context`` (default: the current one); a token for
+    :func:`detach`. ``context.attach(trace.set_span_in_context(span, context))``."""
+    values = current_context() if context is None else context
+    if values.get(_SPAN_KEY) is span:  # already current there (an unsampled child is its parent)
+        inner = values
+    else:
+        inner = Context({**values, _SPAN_KEY: span}) if values else Context({_SPAN_KEY: span})
+    if _CURRENT is not None:
+        return _CURRENT.set(inner)
+    return otel_context.attach(inner)
+
+
+def detach(token: object) -> None:
+    if _CURRENT is not None:
+        try:
+            _CURRENT.reset(token)  # type: ignore[arg-type]
+            return
+        except ValueError:  # another context's token: as context.detach, log, go on
+            pass
+    otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    # bytes.hex: a third of the time of f"{trace_id:032x}" for numbers this wide
+    return f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
+
+
+def has_baggage() -> bool:
+    """Whether the current context holds baggage (``baggage.get_all()``, not copied)."""
+    return bool(current_context().get(_BAGGAGE_KEY))
+
+
+def current_span() -> trace.Span:
+    """``trace.get_current_span()``."""
+    span = current_context().get(_SPAN_KEY)
+    return span if isinstance(span, trace.Span) else trace.INVALID_SPAN
+
+
 class Tracing:
     """A component's tracing: the spans it starts, its propagators, and the SDK
     provider behind them.
 
     Built by :func:`hookline.telemetry.setup`; :data:`OFF` when tracing is off.
     hookline's own spans are :class:`_Span` objects sampled by the provider's sampler
-    and handed, encoded, to the OTLP/HTTP processor (:mod:`hookline.export`) when they
-    end; with another exporter (OTLP/gRPC) they become SDK ``ReadableSpan`` objects
-    for its batch processor. Spans other code makes through the provider (the
-    OpenTracing shim) take the SDK's own path to the same processor."""
+    (decided inline for the standard samplers) and handed, encoded, to the OTLP/HTTP
+    processor (:mod:`hookline.export`) when they end; with another exporter
+    (OTLP/gRPC) they become SDK ``ReadableSpan`` objects for its batch processor. Spans
+    the sampler drops are :class:`_Unsampled`. Spans other code makes through the
+    provider (the OpenTracing shim) take the SDK's own path to the same processor."""
 
     def __init__(
         self,
@@ -211,14 +424,14 @@ class Tracing:
 
         from hookline import __version__
         from hookline.export import OtlpHttpProcessor
-        from hookline.otlp import encode_span
+        from hookline.otlp import encode_own
 
         self._sampler: Sampler = provider.sampler
         self._sample = sampling.Decision.RECORD_AND_SAMPLE
-        # The two common samplers decided inline: the SDK's objects answer the same, slower.
-        self._follow_parent = self._sampler is sampling.DEFAULT_ON
-        self._always = self._sampler is sampling.ALWAYS_ON
-        self._encode = encode_span
+        root = _follows_parent(self._sampler)
+        self._follow_parent = root is not None
+        self._root, self._bound = _inline(root if root is not None else self._sampler)
+        self._encode = encode_own
         self._scope = InstrumentationScope(SCOPE, __version__)
         self._fast = processor if isinstance(processor, OtlpHttpProcessor) else None
         self._scope_bytes = self._fast.scope_bytes(self._scope) if self._fast else b""
@@ -247,50 +460,83 @@ class Tracing:
     ) -> trace.Span:
         """A span, child of the span in ``context`` (default: the current one) if any,
         recording if the sampler says so. ``attributes`` become the span's own (the
-        dict is kept, not copied); ``static`` ones come from :meth:`static`."""
-        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
-        if parent is not None and parent.is_valid:
-            trace_id = parent.trace_id
+        dict is kept, not copied: a caller may fill it once the span records);
+        ``static`` ones come from :meth:`static`."""
+        found = (current_context() if context is None else context).get(_SPAN_KEY)
+        parent: _Own | SpanContext | None
+        if found is None:
+            parent, state, flags = None, None, 0
+            trace_id = _random_bits(128) or 1
+        elif isinstance(found, _Own):
+            if found._flags == 0 and self._follow_parent:
+                # Its unsampled child: nothing records either, so the parent's context
+                # serves as the child's (as for any span without a recording tracer).
+                return found
+            parent = found
+            trace_id, flags, state = found._trace_id, found._flags, found._state
+        elif isinstance(found, trace.Span) and (parent := found.get_span_context()).is_valid:
+            trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+            if not flags & 1 and self._follow_parent:
+                return found  # the same, for a remote unsampled parent
         else:
-            parent = None
-            trace_id = _random.getrandbits(128) or 1
-        span_id = _random.getrandbits(64) or 1
-        if self._always or (self._follow_parent and (parent is None or parent.trace_flags & 1)):
-            state = parent.trace_state if parent is not None else None
-        elif self._follow_parent:
-            assert parent is not None
-            return NonRecordingSpan(
-                SpanContext(trace_id, span_id, False, _UNSAMPLED, parent.trace_state)
-            )
-        else:
+            parent, state, flags = None, None, 0
+            trace_id = _random_bits(128) or 1
+        span_id = _random_bits(64) or 1
+        how = self._root
+        if parent is not None and self._follow_parent:
+            pass  # sampled, since an unsampled parent was answered above
+        elif how == _RATIO:
+            if trace_id & _RATIO_MASK >= self._bound:
+                return _Unsampled(trace_id, span_id, state)
+        elif how == _OFF:
+            return _Unsampled(trace_id, span_id, state)
+        elif how == _ASK:
             result = self._sampler.should_sample(context, trace_id, name, kind)
             state = result.trace_state
             if result.decision is not self._sample:
-                return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
+                return _Unsampled(trace_id, span_id, state)
             if result.attributes:
                 attributes.update(result.attributes)
-        own = SpanContext(trace_id, span_id, False, _SAMPLED, state)
-        return _Span(self, own, parent, name, kind, attributes, static)
+        return _Span(self, trace_id, span_id, state, parent, name, kind, attributes, static)
+
+    @staticmethod
+    def share(span: trace.Span, static: _Static) -> None:
+        """Give a recording span of :meth:`start` the attributes of :meth:`static` (for
+        callers that look them up only once the span records)."""
+        if isinstance(span, _Span):
+            span._static = static
 
     def _finish(self, span: _Span) -> None:
         status = span._status
         code = status.status_code.value if status is not None else 0
         message = status.description if status is not None else None
+        parent = span._parent
         if self._fast is not None:
+            state = span._state
+            if parent is None:
+                parent_id, remote = 0, False
+            elif isinstance(parent, _Own):
+                parent_id, remote = parent._span_id, parent._remote
+            else:
+                parent_id, remote = parent.span_id, parent.is_remote
+            static = span._static
             self._fast.add(
                 self._scope_bytes,
                 self._encode(
-                    span._context,
-                    span._parent,
+                    span._trace_id,
+                    span._span_id,
+                    state.to_header() if state else "",
+                    parent_id,
+                    remote,
                     span._name,
-                    span._kind.value,
+                    span._kind._value_,
                     span._start,
                     span._end,
+                    static.encoded if static is not None else b"",
                     span._attributes,
                     code,
                     message,
                     span._events,
-                    encoded=span._static.encoded if span._static is not None else b"",
                 ),
             )
         elif self._processor is not None and self.provider is not None:
@@ -302,11 +548,11 @@ class Tracing:
             self._processor.on_end(
                 ReadableSpan(
                     name=span._name,
-                    context=span._context,
-                    parent=span._parent,
+                    context=span.get_span_context(),
+                    parent=span.parent,
                     resource=self.provider.resource,
                     attributes=attributes,
-                    events=[Event(n, a, t) for n, t, a, _ in span._events],
+                    events=[Event(n, a, t) for n, t, a, _ in span._events or ()],
                     kind=span._kind,
                     status=status or Status(StatusCode.UNSET),
                     start_time=span._start,
@@ -330,19 +576,60 @@ class Tracing:
         """Write ``span``'s context into ``carrier`` with the configured propagators. With
         the default ones the headers are formatted here: the same text for a third of
         the cost (``tests/test_tracing.py`` compares them)."""
-        ctx = span.get_span_context()
-        if not self._default_propagation or not ctx.is_valid or baggage.get_all():
+        if not self._default_propagation or has_baggage():
             self.propagator.inject(carrier, trace.set_span_in_context(span))
             return
-        flags = ctx.trace_flags
-        carrier["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}"
-        if ctx.trace_state:
-            carrier["tracestate"] = ctx.trace_state.to_header()
-        parent = span.parent if isinstance(span, _Span) and span.parent is not None else None
+        if isinstance(span, _Own):
+            trace_id, span_id, flags, state = (
+                span._trace_id,
+                span._span_id,
+                span._flags,
+                span._state,
+            )
+        else:
+            ctx = span.get_span_context()
+            if not ctx.is_valid:
+                self.propagator.inject(carrier, trace.set_span_in_context(span))
+                return
+            trace_id, span_id, flags, state = (
+                ctx.trace_id,
+                ctx.span_id,
+                ctx.trace_flags,
+                ctx.trace_state,
+            )
+        carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
+        if state:
+            carrier["tracestate"] = state.to_header()
+        parent = span._parent if isinstance(span, _Span) else None
+        if parent is None:
+            parent_id = 0
+        else:
+            parent_id = parent._span_id if isinstance(parent, _Own) else parent.span_id
+        jaeger_flags = flags | 2 if flags & 1 else flags  # Jaeger's "debug" bit, as its propagator
         carrier["uber-trace-id"] = (
-            f"{ctx.trace_id:032x}:{ctx.span_id:016x}:{parent.span_id if parent else 0:016x}:"
-            f"{flags | 2 if flags & 1 else flags:02x}"
+            f"{trace_id.to_bytes(16, 'big').hex()}:{span_id.to_bytes(8, 'big').hex()}:"
+            f"{parent_id.to_bytes(8, 'big').hex()}:{jaeger_flags:02x}"
         )
+
+    @staticmethod
+    def traceparent(span: trace.Span) -> tuple[str, TraceState | None]:
+        """``span``'s W3C ``traceparent`` header and its trace state."""
+        if isinstance(span, _Own):
+            trace_id, span_id, flags, state = (
+                span._trace_id,
+                span._span_id,
+                span._flags,
+                span._state,
+            )
+        else:
+            ctx = span.get_span_context()
+            trace_id, span_id, flags, state = (
+                ctx.trace_id,
+                ctx.span_id,
+                ctx.trace_flags,
+                ctx.trace_state,
+            )
+        return _traceparent(trace_id, span_id, flags), state
 
     # -- lifecycle
 
