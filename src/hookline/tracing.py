@@ -579,24 +579,10 @@ class Tracing:
         if not self._default_propagation or has_baggage():
             self.propagator.inject(carrier, trace.set_span_in_context(span))
             return
-        if isinstance(span, _Own):
-            trace_id, span_id, flags, state = (
-                span._trace_id,
-                span._span_id,
-                span._flags,
-                span._state,
-            )
-        else:
-            ctx = span.get_span_context()
-            if not ctx.is_valid:
-                self.propagator.inject(carrier, trace.set_span_in_context(span))
-                return
-            trace_id, span_id, flags, state = (
-                ctx.trace_id,
-                ctx.span_id,
-                ctx.trace_flags,
-                ctx.trace_state,
-            )
+        if not isinstance(span, _Own) and not span.get_span_context().is_valid:
+            self.propagator.inject(carrier, trace.set_span_in_context(span))
+            return
+        trace_id, span_id, flags, state = _ids(span)
         carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
         if state:
             carrier["tracestate"] = state.to_header()
@@ -614,21 +600,7 @@ class Tracing:
     @staticmethod
     def traceparent(span: trace.Span) -> tuple[str, TraceState | None]:
         """``span``'s W3C ``traceparent`` header and its trace state."""
-        if isinstance(span, _Own):
-            trace_id, span_id, flags, state = (
-                span._trace_id,
-                span._span_id,
-                span._flags,
-                span._state,
-            )
-        else:
-            ctx = span.get_span_context()
-            trace_id, span_id, flags, state = (
-                ctx.trace_id,
-                ctx.span_id,
-                ctx.trace_flags,
-                ctx.trace_state,
-            )
+        trace_id, span_id, flags, state = _ids(span)
         return _traceparent(trace_id, span_id, flags), state
 
     # -- lifecycle
@@ -643,6 +615,15 @@ class Tracing:
         """Flush and stop the exporter (its blocking calls run in a thread)."""
         if self.provider is not None:
             await asyncio.to_thread(self.provider.shutdown)
+
+
+def _ids(span: trace.Span) -> tuple[int, int, int, TraceState | None]:
+    """A span's trace id, span id, flags and trace state, read off hookline's own span
+    without building its ``SpanContext``."""
+    if isinstance(span, _Own):
+        return span._trace_id, span._span_id, span._flags, span._state
+    ctx = span.get_span_context()
+    return ctx.trace_id, ctx.span_id, ctx.trace_flags, ctx.trace_state
 
 
 OFF: Final = Tracing()
