@@ -169,12 +169,17 @@ async def test_watches_outlive_an_outage_behind_a_load_balancer(
 
 
 async def test_a_watch_kopf_gives_up_stops_the_operator_for_a_restart(
-    plane: ControlPlane, operator: OperatorProcess
+    plane: ControlPlane, operator: OperatorProcess, registry: Registry
 ) -> None:
     """kopf never starts a failed watch again, and carries on without it when the watches
     of namespaces and CRDs it needs itself are fine: an operator that looks alive and
     reconciles nothing. It exits instead (code 1), and Kubernetes restarts it."""
     assert operator.proc is not None
+    # Its watch of WebhookEndpoints runs (an endpoint applied now is registered) before
+    # the outage begins: an operator still making its first list when the API server went
+    # away would retry that list for kopf's 54 s instead (a clean-clone run at load 3).
+    await apply(plane, endpoint_doc("watched", NAMESPACE, URL))
+    await registered(registry, f"{NAMESPACE}/watched", operator)
     async with LoadBalancer(plane, watch_error=True):
         code = await asyncio.to_thread(_exit_code, operator, 30)
     assert code == 1, operator.tail()
