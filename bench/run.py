@@ -6,6 +6,9 @@ Measured in one run on this machine, on loopback only:
                  keep-alive connections, wrk) vs. a bare aiohttp handler (``bench/bare.py``)
 * ``delivery``   webhooks/s one ``hookline dispatcher`` drains from a preloaded stream
                  to ``bench/sink.py`` vs. a raw aiohttp client (``bench/rawclient.py``)
+                 with the same concurrency: the webhooks are for as many endpoints (all
+                 on the sink) as the dispatcher's concurrency needs past its per-endpoint
+                 cap (256 / 64 = 4 by default)
 * ``e2e_p50_ms`` / ``e2e_p99_ms``  from the sender's ``202`` to sink receipt at a fixed
                  offered rate (``bench/sender.py``), receiver and dispatcher both running
 * ``isolation``  the healthy sink's delivery rate while one dispatcher drains a stream in
@@ -264,6 +267,12 @@ class Bench:
         self.redis_proc: subprocess.Popen[str] | None = None
         self.concurrency = load_config().concurrency  # HOOKLINE_CONCURRENCY applies to both
         self.stream = f"{PREFIX}:stream:default"
+        # The delivery figure's endpoints, all on the sink: as many as it takes for the
+        # dispatcher's HOOKLINE_CONCURRENCY to be used, as the raw client uses it, past
+        # the per-process cap on one endpoint (HOOKLINE_ENDPOINT_CONCURRENCY).
+        config = load_config()
+        spread = max(1, math.ceil(config.concurrency / config.endpoint_concurrency))
+        self.spread = tuple(f"{ENDPOINT}-{i}" for i in range(spread))
         self.own: Counter[str] = Counter()  # the benchmark's own Redis calls, by command
         self.baseline_us: dict[str, float] = {}  # bare.py's and rawclient.py's CPU µs/webhook
 
@@ -290,7 +299,9 @@ class Bench:
         hang = {"url": f"http://127.0.0.1:{self.hang_port}/hook", "timeoutSeconds": 60}
         store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
         try:
-            for name, key, s in ((ENDPOINT, self.key, spec), (HANGING, new_key(), hang)):
+            named = [(ENDPOINT, self.key, spec), (HANGING, new_key(), hang)]
+            named += [(name, new_key(), spec) for name in self.spread]
+            for name, key, s in named:
                 endpoint = endpoint_from_spec(name, s, [key], [SigningSecret(new_secret())], config)
                 await store.registry.put(endpoint)
         finally:
@@ -323,7 +334,8 @@ class Bench:
 
     def clear_queue(self) -> None:
         keys = [f"{PREFIX}:{kind}:default" for kind in ("stream", "retry", "retrydata")]
-        self.redis.delete(*keys, *(f"{PREFIX}:stats:{ep}" for ep in (ENDPOINT, HANGING)))
+        endpoints = (ENDPOINT, HANGING, *self.spread)
+        self.redis.delete(*keys, *(f"{PREFIX}:stats:{ep}" for ep in endpoints))
 
     def redis_reading(self) -> RedisReading:
         """Redis's CPU (``INFO cpu``: user + system, all its threads) and its calls per
@@ -501,7 +513,7 @@ class Bench:
                 cpu_us, redis_figures = posted["cpu_seconds"] / count * 1e6, {}
             else:
                 self.clear_queue()
-                asyncio.run(self._preload(count))
+                asyncio.run(self._preload(count, self.spread))
                 proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
                 try:
                     with self.profiled(proc, "delivery-hookline", 6, after=2):
