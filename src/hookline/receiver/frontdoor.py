@@ -178,6 +178,8 @@ class FrontDoor(RequestHandler):
             auto_decompress=False,  # a body is relayed byte for byte, as it was signed
         )
         self.config = config
+        # Its loop, kept: asyncio.get_running_loop() is a getpid() system call on 3.11.
+        self.loop = asyncio.get_running_loop()
         self.doors = doors  # the open connections of this listener
         self.refusals = refusals
         self.first_byte: float | None = None  # loop time; None between requests
@@ -202,7 +204,7 @@ class FrontDoor(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if data and self.first_byte is None and not self.in_request:
-            self.first_byte = asyncio.get_running_loop().time()
+            self.first_byte = self.loop.time()
             self._head = b""
             self._chunks = None
         body = data  # what of it is body, for the chunk sizes
@@ -225,7 +227,7 @@ class FrontDoor(RequestHandler):
         """The handler took a request: the head arrived in time. Returns its first byte."""
         self.in_request = True
         first = self.first_byte
-        return asyncio.get_running_loop().time() if first is None else first
+        return self.loop.time() if first is None else first
 
     def request_finished(self) -> None:
         self.in_request = False

@@ -370,9 +370,12 @@ class _PerTurn:
     def __init__(self, call: Callable[[Any, list[tuple[Any, ...]]], Awaitable[Any]]) -> None:
         self.call = call
         self.pending: dict[Any, list[tuple[Any, ...]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # see Wire._loop
 
     def add(self, key: Any, *entry: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self.pending:
             loop.call_soon(self._send)

@@ -91,10 +91,16 @@ class Wire:
         self._replies = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        # The event loop of its first call, kept: asyncio.get_running_loop() makes a
+        # getpid() system call each time on Python 3.11 (its check for a fork), which cost
+        # the receiver about a tenth of its CPU here. A wire's socket is that loop's anyway.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def call(self, command: bytes, fallback: Fallback | None = None) -> asyncio.Future[Any]:
         """Send a packed command; the future gets its reply or a :class:`WireError`."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             fut.set_exception(NotSent("the connection is closed"))
