@@ -712,6 +712,7 @@ class Bench:
             self.procs.stop(dispatcher)
             self.procs.stop(receiver)
             self.procs.stop(sink)
+        floor = self.cost_floor()
         received: dict[str, int] = {}
         for ln in receipts.read_text().splitlines():
             wid, at = ln.split("\t")
@@ -735,10 +736,61 @@ class Bench:
                     "ratio_to_saturated": round(figures[name]["value_raw"] / saturated, 2)
                     if name != "saturated"
                     else 1.0,
+                    "floor_ratio_to_saturated": round(floor[name] / floor["saturated"], 2),
                     **{k: v for k, v in fig.items() if k != "value_raw"},
                     **({"idle": figures["idle"]} if name == f"at_{COST_RATES[0]}" else {}),
                 }
             )
+        for name, value in floor.items():
+            emit(
+                {
+                    "name": f"relay_cpu_us_per_webhook_{name}",
+                    "value": round(value, 1),
+                    "unit": "CPU us/webhook",
+                    "target": None,
+                    "why_no_target": "the floor the cost_per_webhook lines are read against: "
+                    "bench/bare.py --forward, a bare aiohttp relay (one process, no queue)",
+                    "ratio_to_saturated": round(value / floor["saturated"], 2),
+                }
+            )
+
+    def cost_floor(self) -> dict[str, float]:
+        """The cost phases for a bare relay (``bench/bare.py --forward``: receive, post on to
+        the sink, answer): its CPU µs per webhook at each rate and saturated. Whatever a
+        relay does per event, it pays at least these wake-ups; their ratio to saturation
+        is what the whole system's ``ratio_to_saturated`` is read against."""
+        sink = self.sink(cpu=None)
+        port = free_port()
+        argv = [PY, "bench/bare.py", "--port", str(port)]
+        relay = self.procs.start([*argv, "--forward", f"http://127.0.0.1:{self.sink_port}/h"], None)
+        floor: dict[str, float] = {}
+        try:
+            wait_until(lambda: listening(port), 15, "the bare relay")
+            for rate in COST_RATES:
+                floor[f"at_{rate}"] = self.floor_at(port, relay, rate)
+            self.wrk(port, 2)  # warm-up, as for hookline
+            cpu = run_seconds(relay.pid)
+            stats = self.wrk(port, COST_SATURATED)
+            floor["saturated"] = (run_seconds(relay.pid) - cpu) / stats["requests"] * 1e6
+        finally:
+            self.procs.stop(relay)
+            self.procs.stop(sink)
+        log(f"cost floor (bare relay), CPU us per webhook: {floor}")
+        return floor
+
+    def floor_at(self, port: int, relay: subprocess.Popen[str], rate: int) -> float:
+        window = COST_WINDOW[rate]
+        accepted = self.work / f"floor-accepted-{rate}.tsv"
+        argv = [PY, "bench/sender.py", "--url", f"http://127.0.0.1:{port}/webhooks/send"]
+        argv += ["--key", "-", "--rate", str(rate), "--out", str(accepted)]
+        sender = self.procs.start([*argv, "--duration", str(COST_WARM + window + 3)], None)
+        time.sleep(COST_WARM + 1)  # the sender's start-up, then warm
+        start, cpu = time.monotonic_ns(), run_seconds(relay.pid)
+        time.sleep(window)
+        end, cpu = time.monotonic_ns(), run_seconds(relay.pid) - cpu
+        self.procs.wait(sender, COST_WARM + window + 60)
+        at = (int(ln.split("\t")[1]) for ln in accepted.read_text().splitlines())
+        return cpu / max(sum(start <= t < end for t in at), 1) * 1e6
 
     def cost_reading(self, procs: list[subprocess.Popen[str]]) -> CostReading:
         cpu = [run_seconds(proc.pid) for proc in procs]
