@@ -49,11 +49,15 @@ def relay(
 
 async def serve(port: int, forward: str | None) -> None:
     app = web.Application()
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, enable_cleanup_closed=True)
-    session = aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    session = None  # the ingest baseline has no client: no resolver thread, nothing more
+    if forward:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, enable_cleanup_closed=True)
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+    app.router.add_post(
+        "/webhooks/send", relay(forward, session) if forward and session else accept
     )
-    app.router.add_post("/webhooks/send", relay(forward, session) if forward else accept)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_address=True).start()
@@ -63,7 +67,8 @@ async def serve(port: int, forward: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-    await session.close()
+    if session:
+        await session.close()
 
 
 def main() -> None:
