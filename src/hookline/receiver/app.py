@@ -30,7 +30,7 @@ from hookline.errors import BodyLengthMismatch, BodyTooLarge, StoreNotReached, S
 from hookline.http import error, probe_routes
 from hookline.metrics import Metrics
 from hookline.models import EVENT_TYPE_RULE, Endpoint, Source, Webhook, new_id, valid_event_type
-from hookline.receiver.frontdoor import FIRST_BYTE, deadline
+from hookline.receiver.frontdoor import FIRST_BYTE
 from hookline.store import SOURCE, Queue, RegistryCache
 from hookline.tracing import OFF, Tracing
 
@@ -501,7 +501,7 @@ def create_app(
     metrics: Metrics,
     tracing: Tracing = OFF,
 ) -> web.Application:
-    app = web.Application(middlewares=[deadline], client_max_size=config.max_body_bytes)
+    app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[CACHE] = cache
     app[QUEUE] = queue
