@@ -101,3 +101,39 @@ def test_ratio_samplers_decide_as_the_sdk_samplers() -> None:
 
 def set_span_in(span: trace.Span) -> Context:
     return trace.set_span_in_context(span, Context())
+
+
+def test_a_root_left_out_gets_only_its_traceparent_and_a_kept_one_its_trace_id() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+
+    judge = TraceIdRatioBased(0.5)
+    env = {
+        **ENDPOINT,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.5",
+    }
+    tracing = setup(Config(), RECEIVER, env, install_global=False)
+    try:
+        outcomes = set()
+        for _ in range(200):
+            traceparent, trace_id = tracing.unsampled_root({})
+            if traceparent is not None:  # left out: no span, the decision in the flags
+                version, tid, sid, flags = traceparent.split("-")
+                assert (version, flags, trace_id) == ("00", "00", 0) and len(sid) == 16
+                assert judge.should_sample(None, int(tid, 16), "r").decision is Decision.DROP
+            else:  # kept: the span is made with the trace id decided on
+                span = tracing.start("r", trace.SpanKind.SERVER, Context(), {}, None, trace_id)
+                assert span.is_recording() and span.get_span_context().trace_id == trace_id
+                span.end()
+            outcomes.add(traceparent is None)
+        assert outcomes == {True, False}
+        # a request that carries a context is decided by it, with a span, as before
+        carried = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+        assert tracing.unsampled_root(carried) == (None, 0)
+    finally:
+        tracing.provider.shutdown()  # type: ignore[union-attr]
+    always = setup(Config(), RECEIVER, ENDPOINT, install_global=False)  # parentbased_always_on
+    try:
+        assert always.unsampled_root({}) == (None, 0)
+    finally:
+        always.provider.shutdown()  # type: ignore[union-attr]

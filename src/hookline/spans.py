@@ -103,14 +103,17 @@ class _Current(_Ending):
 
 
 def server(
-    tracing: Tracing, request: web.Request, route: str
+    tracing: Tracing, request: web.Request, route: str, trace_id: int = 0
 ) -> AbstractContextManager[trace.Span]:
     """The SERVER span of one request, continuing the sender's trace (``traceparent``
-    or ``uber-trace-id``, and its baggage) and current while the request is handled.
-    Only with tracing on: the receiver skips it otherwise."""
+    or ``uber-trace-id``, and its baggage) and current while the request is handled;
+    a new trace takes ``trace_id`` when it was drawn already. Only with tracing on: the
+    receiver skips it otherwise, and for a root it leaves out (Tracing.unsampled_root)."""
     parent = tracing.extract(request.headers)
     attributes: dict[str, Any] = {}
-    span = tracing.start(f"{request.method} {route}", SpanKind.SERVER, parent, attributes, None)
+    span = tracing.start(
+        f"{request.method} {route}", SpanKind.SERVER, parent, attributes, None, trace_id
+    )
     # Attributes only for a span that records (it keeps the dict): a dropped one costs less.
     if span.is_recording():
         tracing.share(span, _server_static(tracing, request, route))
@@ -159,10 +162,16 @@ def upload(tracing: Tracing, store: str) -> AbstractContextManager[Any]:
     return _Current(tracing.start("body upload", SpanKind.INTERNAL, None, {}, static), None)
 
 
-def produce(tracing: Tracing, webhook: Webhook, destination: str) -> AbstractContextManager[Any]:
+def produce(
+    tracing: Tracing, webhook: Webhook, destination: str, unsampled: str | None = None
+) -> AbstractContextManager[Any]:
     """The PRODUCER span of an enqueue. Its context goes into ``webhook.trace`` here,
-    so this must be entered before the entry is packed."""
+    so this must be entered before the entry is packed. For a request whose root was
+    left out without a span (``unsampled``: its ``traceparent``) only that is written."""
     if not tracing.enabled:
+        return _NOTHING
+    if unsampled is not None:
+        webhook.trace["traceparent"] = unsampled
         return _NOTHING
     attributes: dict[str, Any] = {}
     span = tracing.start(f"send {destination}", SpanKind.PRODUCER, None, attributes, None)

@@ -450,6 +450,25 @@ class Tracing:
                 self.statics[key] = static
         return static
 
+    def unsampled_root(self, headers: Mapping[str, str]) -> tuple[str | None, int]:
+        """For a request that carries no trace context, under a parent-based sampler whose
+        root decision is a trace-id ratio or "off" (the production setting): a trace id
+        drawn and decided here. Left out, the request needs no span at all — nothing under
+        an unsampled root records — only the W3C ``traceparent`` (flags 00) its entries
+        carry so that a parent-based dispatcher follows the decision: returned as
+        ``(traceparent, 0)``. Otherwise ``(None, trace_id)``: the span is made by
+        :meth:`start` with that trace id (0 when nothing was drawn)."""
+        how = self._root
+        if not self._follow_parent or (how != _RATIO and how != _OFF):
+            return None, 0
+        for name in self._fields:
+            if name in headers:
+                return None, 0
+        trace_id = _random_bits(128) or 1
+        if how == _OFF or trace_id & _RATIO_MASK >= self._bound:
+            return _traceparent(trace_id, _random_bits(64) or 1, 0), 0
+        return None, trace_id
+
     def start(
         self,
         name: str,
@@ -457,16 +476,18 @@ class Tracing:
         context: Context | None,
         attributes: dict[str, Any],
         static: _Static | None,
+        trace_id: int = 0,
     ) -> trace.Span:
         """A span, child of the span in ``context`` (default: the current one) if any,
         recording if the sampler says so. ``attributes`` become the span's own (the
         dict is kept, not copied: a caller may fill it once the span records);
-        ``static`` ones come from :meth:`static`."""
+        ``static`` ones come from :meth:`static`; a root span takes ``trace_id`` when
+        one was drawn already (:meth:`unsampled_root`)."""
         found = (current_context() if context is None else context).get(_SPAN_KEY)
         parent: _Own | SpanContext | None
         if found is None:
             parent, state, flags = None, None, 0
-            trace_id = _random_bits(128) or 1
+            trace_id = trace_id or _random_bits(128) or 1
         elif isinstance(found, _Own):
             if found._flags == 0 and self._follow_parent:
                 # Its unsampled child: nothing records either, so the parent's context

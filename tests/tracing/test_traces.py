@@ -19,7 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentracing.propagation import Format
 
 from hookline.config import Config
-from hookline.telemetry import setup
+from hookline.telemetry import DISPATCHER, RECEIVER, setup
 from hookline.tracing import Tracing
 from tests.peers import Endpoint, fail_then_ok, ok
 from tests.stack import Stack
@@ -302,3 +302,49 @@ async def test_a_source_event_is_one_trace_with_a_delivery_per_subscriber(
     attempts = of_kind(found, "consumer")
     assert {a.tags["hookline.endpoint"] for a in attempts} == {ep.id for ep in subscribers}
     assert all(a.parent == enqueue.id for a in attempts)
+
+
+async def test_at_a_sampling_ratio_a_webhook_is_traced_whole_or_not_at_all(
+    config: Config, endpoint: Endpoint, jaeger: JaegerServer
+) -> None:
+    """The production setting (docs/tracing.md): parent-based, a ratio for new traces. A
+    webhook the receiver leaves out has no span anywhere, and the dispatcher follows the
+    receiver's decision, which it reads from the entry's traceparent."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.5",
+    }
+    stack = Stack(
+        config,
+        receiver_tracing=setup(config, RECEIVER, env, install_global=False),
+        dispatcher_tracing=setup(config, DISPATCHER, env, install_global=False),
+    )
+    await stack.start()
+    try:
+        _, key = await stack.add_endpoint(endpoint.on("/ratio", ok))
+        for _ in range(40):
+            assert (await stack.send(key, BODY))[0] == 202
+        await endpoint.wait_for(lambda: len(endpoint.received) == 40, 20, "40 deliveries")
+        decided = [r.headers["traceparent"].split("-") for r in endpoint.received]
+        kept = [jaeger_id(int(t, 16)) for _, t, _, flags in decided if flags == "01"]
+        left = [jaeger_id(int(t, 16)) for _, t, _, flags in decided if flags == "00"]
+        assert len(kept) + len(left) == 40 and 5 <= len(kept) <= 35, decided  # ~20 of 40
+        flush = [stack.receiver_tracing, stack.dispatcher_tracing]
+        for trace_id in kept:  # whole: the receiver's two spans and the dispatcher's two
+            found, _ = await wait_for_trace(
+                jaeger, trace_id, flush, lambda f: len(f) >= 4, "a kept webhook's spans"
+            )
+            assert sorted((s.service, s.kind) for s in found) == [
+                ("hookline-dispatcher", "client"),
+                ("hookline-dispatcher", "consumer"),
+                ("hookline-receiver", "producer"),
+                ("hookline-receiver", "server"),
+            ], found
+        for tracing in flush:  # everything ended is exported by now
+            await asyncio.to_thread(tracing.flush)
+        assert [t for t in left if await asyncio.to_thread(jaeger.trace, t)] == []
+    finally:
+        await stack.stop()
+        await stack.receiver_tracing.close()
+        await stack.dispatcher_tracing.close()

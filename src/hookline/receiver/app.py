@@ -3,7 +3,9 @@
 Called by ``hookline receiver`` (and the local stack) with its dependencies
 built by the entry point: ``create_app(config, cache, queue, bodies, metrics,
 tracing)``; with tracing on, each ingest request is a SERVER span holding the
-body upload and the PRODUCER span of the enqueue (see :mod:`hookline.spans`).
+body upload and the PRODUCER span of the enqueue (see :mod:`hookline.spans`) — or,
+when the sampler leaves out a request that brought no trace context, no span at all,
+only the ``traceparent`` its entry carries (``Tracing.unsampled_root``).
 A ``202`` is sent only after Redis took the entry (and, for a large body, the
 body store took the body first); any store failure is a ``503`` with
 ``Retry-After``, and whatever was half-written is removed.
@@ -77,6 +79,8 @@ QUEUE: web.AppKey[Queue] = web.AppKey("queue", Queue)
 BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TRACING: web.AppKey[Tracing] = web.AppKey("tracing", Tracing)
+# The traceparent of a request whose trace was left out without a span (request[UNSAMPLED]).
+UNSAMPLED: web.RequestKey[str] = web.RequestKey("unsampled", str)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -184,7 +188,15 @@ class Ingest:
         return self._send_traced if self.tracing.enabled else self.send
 
     async def _send_traced(self, request: web.Request) -> web.Response:
-        with spans.server(self.tracing, request, ROUTE) as span:
+        clen = request.content_length
+        if clen is not None and clen <= self.config.inline_limit:  # no upload span to come
+            unsampled, trace_id = self.tracing.unsampled_root(request.headers)
+            if unsampled is not None:  # nothing of this request records: no span at all
+                request[UNSAMPLED] = unsampled
+                return await self.send(request)
+        else:
+            trace_id = 0
+        with spans.server(self.tracing, request, ROUTE, trace_id) as span:
             response = await self.send(request)
             spans.answered(span, response.status)
             return response
@@ -241,7 +253,7 @@ class Ingest:
         read = await self._read_body(request, wid, clen)
         if isinstance(read, web.Response):
             return read
-        return await self._enqueue(endpoint, headers, wid, read, idem_key)
+        return await self._enqueue(endpoint, headers, wid, read, idem_key, request)
 
     async def _fan_out(self, request: web.Request, source: Source) -> web.Response:
         """A source's event: queued for every subscribed endpoint whose filter matches its
@@ -283,7 +295,9 @@ class Ingest:
                 if isinstance(body, web.Response):
                     return body
                 read = body
-            answer = await self._fan_out_to(source, wid, headers, read, idem_key)
+            answer = await self._fan_out_to(
+                source, wid, headers, read, idem_key, request.get(UNSAMPLED)
+            )
             if isinstance(answer, web.Response):
                 return answer
             response = _accepted(*answer)
@@ -377,6 +391,7 @@ class Ingest:
         wid: str,
         read: Body,
         idem_key: str | None,
+        request: web.Request,
     ) -> web.Response:
         webhook = Webhook(
             id=wid,
@@ -390,7 +405,8 @@ class Ingest:
 
         try:
             if self.tracing.enabled:
-                with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
+                stream = self.queue.stream(endpoint.pool)
+                with spans.produce(self.tracing, webhook, stream, request.get(UNSAMPLED)):
                     accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
             else:
                 accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
@@ -410,6 +426,7 @@ class Ingest:
         headers: list[tuple[Endpoint, dict[str, str]]],
         read: Body,
         idem_key: str | None,
+        unsampled: str | None,
     ) -> tuple[str, int] | web.Response:
         """Queue the event's deliveries in one step; (event id, endpoints) or the refusal."""
         created = int(time.time() * 1000)
@@ -417,7 +434,7 @@ class Ingest:
         event = Webhook(id=wid, endpoint=source.id, headers={}, size=read.size, created_ms=created)
 
         try:
-            with spans.produce(self.tracing, event, SOURCE + source.id):
+            with spans.produce(self.tracing, event, SOURCE + source.id, unsampled):
                 deliveries = [
                     (
                         endpoint.pool,
