@@ -79,8 +79,6 @@ QUEUE: web.AppKey[Queue] = web.AppKey("queue", Queue)
 BODIES: web.AppKey[BodyStore] = web.AppKey("bodies", BodyStore)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TRACING: web.AppKey[Tracing] = web.AppKey("tracing", Tracing)
-# The traceparent of a request whose trace was left out without a span (request[UNSAMPLED]).
-UNSAMPLED: web.RequestKey[str] = web.RequestKey("unsampled", str)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -192,8 +190,7 @@ class Ingest:
         if clen is not None and clen <= self.config.inline_limit:  # no upload span to come
             unsampled, trace_id = self.tracing.unsampled_root(request.headers)
             if unsampled is not None:  # nothing of this request records: no span at all
-                request[UNSAMPLED] = unsampled
-                return await self.send(request)
+                return await self.send(request, unsampled)
         else:
             trace_id = 0
         with spans.server(self.tracing, request, ROUTE, trace_id) as span:
@@ -201,7 +198,9 @@ class Ingest:
             spans.answered(span, response.status)
             return response
 
-    async def send(self, request: web.Request) -> web.Response:
+    async def send(self, request: web.Request, unsampled: str | None = None) -> web.Response:
+        """The ingest route (``unsampled``: the ``traceparent`` of a request whose trace the
+        sampler left out, from :meth:`_send_traced`)."""
         problem = _malformed(request)
         if problem is not None:
             return self.refuse(400, *problem)
@@ -219,7 +218,7 @@ class Ingest:
                 )
             return self.refuse(401, "unknown_key", "no endpoint or source has this key")
         if isinstance(found, Source):
-            return await self._fan_out(request, found)
+            return await self._fan_out(request, found, unsampled)
         endpoint = found
         if endpoint.paused:
             return self.refuse(409, "endpoint_paused", f"endpoint {endpoint.id} is paused")
@@ -234,7 +233,9 @@ class Ingest:
         if refused is not None:
             return refused
         idem_key = self._idempotency(request, endpoint.id)
-        accept = functools.partial(self._accept, request, clen, endpoint, headers, idem_key)
+        accept = functools.partial(
+            self._accept, request, clen, endpoint, headers, idem_key, unsampled
+        )
         if self._arrived(request, clen):
             # The whole body has already arrived: there is nothing left to read under the
             # deadline, and the enqueue is bounded by the queue's own Redis timeout.
@@ -248,14 +249,17 @@ class Ingest:
         endpoint: Endpoint,
         headers: dict[str, str],
         idem_key: str | None,
+        unsampled: str | None,
     ) -> web.Response:
         wid = new_id()
         read = await self._read_body(request, wid, clen)
         if isinstance(read, web.Response):
             return read
-        return await self._enqueue(endpoint, headers, wid, read, idem_key, request)
+        return await self._enqueue(endpoint, headers, wid, read, idem_key, unsampled)
 
-    async def _fan_out(self, request: web.Request, source: Source) -> web.Response:
+    async def _fan_out(
+        self, request: web.Request, source: Source, unsampled: str | None
+    ) -> web.Response:
         """A source's event: queued for every subscribed endpoint whose filter matches its
         type, all or none (:meth:`hookline.store.queue.Queue.fan_out`)."""
         event_type = request.headers.get(EVENT_TYPE_HEADER)
@@ -295,9 +299,7 @@ class Ingest:
                 if isinstance(body, web.Response):
                     return body
                 read = body
-            answer = await self._fan_out_to(
-                source, wid, headers, read, idem_key, request.get(UNSAMPLED)
-            )
+            answer = await self._fan_out_to(source, wid, headers, read, idem_key, unsampled)
             if isinstance(answer, web.Response):
                 return answer
             response = _accepted(*answer)
@@ -391,7 +393,7 @@ class Ingest:
         wid: str,
         read: Body,
         idem_key: str | None,
-        request: web.Request,
+        unsampled: str | None,
     ) -> web.Response:
         webhook = Webhook(
             id=wid,
@@ -404,9 +406,11 @@ class Ingest:
         )
 
         try:
-            if self.tracing.enabled:
-                stream = self.queue.stream(endpoint.pool)
-                with spans.produce(self.tracing, webhook, stream, request.get(UNSAMPLED)):
+            if unsampled is not None:  # no span: the decision travels in the entry
+                webhook.trace["traceparent"] = unsampled
+                accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
+            elif self.tracing.enabled:
+                with spans.produce(self.tracing, webhook, self.queue.stream(endpoint.pool)):
                     accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
             else:
                 accepted = await self.queue.enqueue(endpoint.pool, webhook, idem_key)
