@@ -137,3 +137,31 @@ def test_a_root_left_out_gets_only_its_traceparent_and_a_kept_one_its_trace_id()
         assert always.unsampled_root({}) == (None, 0)
     finally:
         always.provider.shutdown()  # type: ignore[union-attr]
+
+
+def test_an_entry_left_out_is_passed_on_with_the_headers_its_span_would_inject() -> None:
+    from hookline.spans import _extract_entry
+
+    env = {**ENDPOINT, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    tracing = setup(
+        Config(), RECEIVER, {**env, "OTEL_TRACES_SAMPLER_ARG": "0.5"}, install_global=False
+    )
+    try:
+        left = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        span = tracing.start(
+            "POST", trace.SpanKind.CLIENT, _extract_entry({"traceparent": left}), {}, None
+        )
+        assert not span.is_recording()
+        injected: dict[str, str] = {}
+        tracing.inject(injected, span)
+        assert tracing.unsampled_headers({"traceparent": left}) == injected
+        for carrier in (
+            {"traceparent": left[:-2] + "01"},  # kept: its spans are made
+            {"traceparent": left, "tracestate": "vendor=v1"},
+            {"traceparent": left.upper().replace("0X", "0x")},
+            {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-00"},
+            {},
+        ):
+            assert tracing.unsampled_headers(carrier) is None, carrier
+    finally:
+        tracing.provider.shutdown()  # type: ignore[union-attr]

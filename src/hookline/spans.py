@@ -267,12 +267,18 @@ def post(
     url: str,
     *,
     headers: dict[str, str],
+    untraced: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
     """``session.post(url, headers=headers, **kwargs)``, for the dispatcher's delivery
     request; with tracing on, inside a CLIENT span (child of the current CONSUMER
     span) whose context is injected into ``headers`` (``traceparent``, and the other
-    configured propagators' headers). The span ends when the response is released."""
+    configured propagators' headers). The span ends when the response is released.
+    ``untraced``: the headers of a trace left out (Tracing.unsampled_headers), sent as
+    they are, with no span."""
+    if untraced is not None:
+        headers.update(untraced)
+        return session.post(url, headers=headers, **kwargs)
     if not tracing.enabled:
         return session.post(url, headers=headers, **kwargs)
     return _ClientCall(tracing, session, url, headers, kwargs)

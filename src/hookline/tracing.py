@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
@@ -376,6 +377,12 @@ def detach(token: object) -> None:
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
+# A W3C traceparent as hookline writes it for a trace left out (lower-case hex, flags 00).
+_UNSAMPLED_TRACEPARENT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00").fullmatch
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+
+
 def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
     # bytes.hex: a third of the time of f"{trace_id:032x}" for numbers this wide
     return f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
@@ -468,6 +475,21 @@ class Tracing:
         if how == _OFF or trace_id & _RATIO_MASK >= self._bound:
             return _traceparent(trace_id, _random_bits(64) or 1, 0), 0
         return None, trace_id
+
+    def unsampled_headers(self, carrier: Mapping[str, str]) -> dict[str, str] | None:
+        """For a queue entry whose only context is a ``traceparent`` left out by the
+        receiver (flags 00), under a parent-based sampler with the default propagators:
+        the headers :meth:`inject` would write for its delivery request — no span is
+        needed to pass on a decision nothing under it records. None otherwise."""
+        if len(carrier) != 1 or not self._follow_parent or not self._default_propagation:
+            return None
+        value = carrier.get("traceparent")
+        if value is None or not _UNSAMPLED_TRACEPARENT(value):
+            return None
+        trace_id, span_id = value[3:35], value[36:52]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            return None
+        return {"traceparent": value, "uber-trace-id": f"{trace_id}:{span_id}:{_ZERO_SPAN}:00"}
 
     def start(
         self,

@@ -345,10 +345,16 @@ class Dispatcher:
     async def _handle_traced(self, msg_id: bytes, webhook: Webhook) -> None:
         """One attempt as a CONSUMER span continuing the entry's trace; ``attempt()``'s
         request is its CLIENT span (see :func:`hookline.spans.post`)."""
+        untraced = self.tracing.unsampled_headers(webhook.trace)
+        if untraced is not None:  # left out by the receiver: no span, its context passed on
+            await self._handle(msg_id, webhook, untraced)
+            return
         with spans.consume(self.tracing, webhook, self.queue.stream(self.pool), GROUP):
             await self._handle(msg_id, webhook)
 
-    async def _handle(self, msg_id: bytes, webhook: Webhook) -> None:
+    async def _handle(
+        self, msg_id: bytes, webhook: Webhook, untraced: dict[str, str] | None = None
+    ) -> None:
         endpoint = self.cache.get(webhook.endpoint)
         if endpoint is None:
             await self._dead(msg_id, webhook, f"endpoint {webhook.endpoint!r} does not exist")
@@ -376,7 +382,7 @@ class Dispatcher:
                         if not await self._may_send(msg_id, webhook):
                             return
                         sent = True
-                        outcome = await self.post(endpoint, request)
+                        outcome = await self.post(endpoint, request, untraced)
                     else:
                         outcome = request
                 finally:
@@ -428,8 +434,11 @@ class Dispatcher:
             headers["content-length"] = str(webhook.size)
         return Request(body, headers)
 
-    async def post(self, endpoint: Endpoint, request: Request) -> Outcome:
-        """POST the request once; never raises for anything the endpoint or network does."""
+    async def post(
+        self, endpoint: Endpoint, request: Request, untraced: dict[str, str] | None = None
+    ) -> Outcome:
+        """POST the request once; never raises for anything the endpoint or network does.
+        ``untraced``: the trace headers of a webhook left out (see :func:`spans.post`)."""
         timeout = _timeout(endpoint.timeout_seconds)
         start = time.monotonic()
         try:
@@ -439,6 +448,7 @@ class Dispatcher:
                 endpoint.url,
                 data=request.body,
                 headers=request.headers,
+                untraced=untraced,
                 allow_redirects=False,
                 timeout=timeout,
             ) as resp:
