@@ -18,6 +18,8 @@ Measured in one run on this machine, on loopback only:
                  dispatcher + Redis) per webhook at 100/s and 1,000/s offered open loop
                  and at saturation, receiver, dispatcher and sink running together (issue
                  17; :meth:`Bench.cost` says how each is measured)
+* ``relay_cpu_us_per_webhook_at_100``, ``_at_1000``, ``_saturated``  the same for the floor:
+                 a bare aiohttp relay (``bench/bare.py --forward``), one process, no queue
 * ``fanout_ingest``  events/s and deliveries queued/s per receiver core with a source's key
                  whose event goes to 1, 10 and 100 subscribers, vs. an endpoint's own key
 * ``fanout_delivery``  deliveries/s per dispatcher core of events fanned out to 10
