@@ -276,10 +276,9 @@ def post(
     configured propagators' headers). The span ends when the response is released.
     ``untraced``: the headers of a trace left out (Tracing.unsampled_headers), sent as
     they are, with no span."""
-    if untraced is not None:
-        headers.update(untraced)
-        return session.post(url, headers=headers, **kwargs)
-    if not tracing.enabled:
+    if untraced is not None or not tracing.enabled:
+        if untraced:
+            headers.update(untraced)
         return session.post(url, headers=headers, **kwargs)
     return _ClientCall(tracing, session, url, headers, kwargs)
 
