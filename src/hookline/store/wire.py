@@ -92,8 +92,9 @@ class Wire:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         # The event loop of its first call, kept: asyncio.get_running_loop() makes a
-        # getpid() system call each time on Python 3.11 (its check for a fork), which cost
-        # the receiver about a tenth of its CPU here. A wire's socket is that loop's anyway.
+        # getpid() system call each time on Python 3.11 (its check for a fork; ~0.14 µs
+        # here — a sampling profile once made it look far dearer, see docs/benchmarks.md).
+        # A wire's socket is that loop's anyway.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def call(self, command: bytes, fallback: Fallback | None = None) -> asyncio.Future[Any]:
