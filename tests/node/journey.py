@@ -34,15 +34,23 @@ from tests.node.cluster import NODE_IP, Node
 from tests.peers import free_port
 
 
-def wait_for(check: Callable[[], Any], seconds: float, what: str, every: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what``."""
+def wait_for(
+    check: Callable[[], Any],
+    seconds: float,
+    what: str,
+    every: float = 1.0,
+    state: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what`` (and what
+    ``state`` says of the cluster then, for a failure to be read from CI's log alone)."""
     deadline = time.monotonic() + seconds
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {seconds:g} s waiting for {what}", pytrace=False)
+            seen = f"; {state()}" if state is not None else ""
+            pytest.fail(f"timed out after {seconds:g} s waiting for {what}{seen}", pytrace=False)
         time.sleep(every)
 
 

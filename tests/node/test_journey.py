@@ -461,8 +461,19 @@ def test_the_operator_pod_logs_no_routine_success(user: User) -> None:
 
 
 def test_helm_uninstall_leaves_the_crd_the_endpoints_and_their_secrets(user: User) -> None:
+    def left() -> str:
+        """The pods still there: whether they are terminating (the kubelet's part) or
+        not yet deleted (the garbage collector's), and why."""
+        return "left: " + "; ".join(
+            f"{p['metadata']['name']} phase={p['status'].get('phase')} "
+            f"deleting_since={p['metadata'].get('deletionTimestamp')} "
+            f"owners={[o['kind'] for o in p['metadata'].get('ownerReferences', [])]} "
+            f"containers={[s.get('state') for s in p['status'].get('containerStatuses', [])]}"
+            for p in user.pods(INSTANCE)
+        )
+
     user.helm("uninstall", "hookline", "-n", NS, "--wait")
-    wait_for(lambda: not user.pods(INSTANCE), 90, "every hookline pod to be gone")
+    wait_for(lambda: not user.pods(INSTANCE), 90, "every hookline pod to be gone", state=left)
     user.kubectl("get", "crd", "webhookendpoints.hookline.dev")
     names = {e["metadata"]["name"] for e in user.json("whe")["items"]}
     assert names == {"first", "bulk"}
