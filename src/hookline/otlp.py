@@ -45,6 +45,8 @@ _FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(0x300)  # and IS_REMOTE
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:  # most lengths here: a span, a batch of a few spans
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -330,9 +332,26 @@ def encode_scope(scope: InstrumentationScope | None) -> bytes:
 
 
 def encode_request(resource: bytes, scopes: Mapping[bytes, list[bytes]]) -> bytes:
-    """An ``ExportTraceServiceRequest`` around encoded spans grouped by encoded scope."""
-    scope_spans = b"".join(
-        _field(b"\x12", _field(b"\x0a", scope) + b"".join(_field(b"\x12", s) for s in spans))
-        for scope, spans in scopes.items()
-    )
-    return _field(b"\x0a", _field(b"\x0a", resource) + scope_spans)
+    """An ``ExportTraceServiceRequest`` around encoded spans grouped by encoded scope.
+
+    Written as one list of pieces joined once, each span's bytes copied once (nesting
+    each message in its parent's field would copy a batch's every span three times)."""
+    resource_field = _field(b"\x0a", resource)
+    pieces = [b"", resource_field]  # the first: the ResourceSpans field's key and length
+    size = len(resource_field)
+    for scope, spans in scopes.items():
+        scope_field = _field(b"\x0a", scope)
+        scope_at = len(pieces)
+        pieces.append(b"")  # the ScopeSpans field's key and length, once they are known
+        pieces.append(scope_field)
+        scope_size = len(scope_field)
+        for span in spans:
+            n = len(span)
+            key = b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n))
+            pieces.append(key)
+            pieces.append(span)
+            scope_size += len(key) + n
+        pieces[scope_at] = b"\x12" + _len(scope_size)
+        size += len(pieces[scope_at]) + scope_size
+    pieces[0] = b"\x0a" + _len(size)
+    return b"".join(pieces)

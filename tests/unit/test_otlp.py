@@ -42,6 +42,17 @@ def test_spans_encode_exactly_as_the_sdk_encodes_them() -> None:
     assert len(ours.resource_spans[0].scope_spans) == 2
 
 
+def test_a_batch_of_512_spans_frames_as_the_sdk_frames_it() -> None:
+    """Lengths of one, two and three varint bytes: a span, a scope's spans, the batch."""
+    spans = sdk_spans() * (512 // len(sdk_spans()) + 1)
+    ours = hookline_request(spans)
+    theirs = encode_spans(spans).SerializeToString()
+    assert len(ours) > 0x4000
+    assert ExportTraceServiceRequest.FromString(ours) == ExportTraceServiceRequest.FromString(
+        theirs
+    )
+
+
 class _Recording(OtlpHttpProcessor):
     """Keeps what hookline's spans encode to, and sends nothing."""
 
