@@ -89,10 +89,12 @@ class _Current(_Ending):
         tb: TracebackType | None,
     ) -> None:
         try:
-            if isinstance(exc, web.HTTPException):
+            if exc is None:  # first: aiohttp's responses are ABCs, their isinstance slow
+                pass
+            elif isinstance(exc, web.HTTPException):
                 answered(self.span, exc.status)
                 exc = None
-            elif exc is not None and self.span.is_recording():
+            elif self.span.is_recording():
                 self.span.record_exception(exc, escaped=True)
             super().__exit__(kind, exc, tb)
         finally:

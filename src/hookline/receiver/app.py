@@ -179,28 +179,26 @@ class Ingest:
         self.metrics.ingest_errors.labels(code).inc()
         return error(status, code, reason, **headers)
 
-    @property
-    def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """The route's handler: :meth:`send` itself when tracing is off (one coroutine
-        fewer per request), else wrapped in its SERVER span."""
-        return self._send_traced if self.tracing.enabled else self.send
-
-    async def _send_traced(self, request: web.Request) -> web.Response:
-        clen = request.content_length
-        if clen is not None and clen <= self.config.inline_limit:  # no upload span to come
-            unsampled, trace_id = self.tracing.unsampled_root(request.headers)
-            if unsampled is not None:  # nothing of this request records: no span at all
-                return await self.send(request, unsampled)
-        else:
-            trace_id = 0
+    async def _send_traced(self, request: web.Request, trace_id: int) -> web.Response:
         with spans.server(self.tracing, request, ROUTE, trace_id) as span:
-            response = await self.send(request)
+            response = await self.send(request, in_span=True)
             spans.answered(span, response.status)
             return response
 
-    async def send(self, request: web.Request, unsampled: str | None = None) -> web.Response:
-        """The ingest route (``unsampled``: the ``traceparent`` of a request whose trace the
-        sampler left out, from :meth:`_send_traced`)."""
+    async def send(self, request: web.Request, in_span: bool = False) -> web.Response:
+        """The ingest route. With tracing on the sampler is asked first: a request it keeps
+        is handled under its SERVER span (:meth:`_send_traced`, which calls back here
+        ``in_span``); one it leaves out (:meth:`Tracing.unsampled_root`) goes on here
+        with no span, only the ``traceparent`` its entries carry, and no coroutine more
+        than with tracing off."""
+        unsampled = None
+        if self.tracing.enabled and not in_span:
+            clen = request.content_length
+            trace_id = 0
+            if clen is not None and clen <= self.config.inline_limit:  # no upload span to come
+                unsampled, trace_id = self.tracing.unsampled_root(request.headers)
+            if unsampled is None:
+                return await self._send_traced(request, trace_id)
         problem = _malformed(request)
         if problem is not None:
             return self.refuse(400, *problem)
@@ -532,7 +530,7 @@ def create_app(
     app[METRICS] = metrics
     app[TRACING] = tracing
     ingest = Ingest(app)
-    app.add_routes([web.post(ROUTE, ingest.handler, expect_handler=_expect)])
+    app.add_routes([web.post(ROUTE, ingest.send, expect_handler=_expect)])
     app.add_routes(probe_routes(metrics, _readiness(cache, queue, bodies)))
 
     async def follow_registry(_: web.Application) -> AsyncIterator[None]:
