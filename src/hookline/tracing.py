@@ -479,9 +479,13 @@ class Tracing:
         for name in self._fields:
             if name in headers:
                 return None, 0
-        trace_id = _random_bits(128) or 1
+        ids = _random_bits(192)  # the trace id, then a span id: one draw, one hex
+        while not ids >> 64 or not ids & _RATIO_MASK:  # all zeros is no id (2**-64)
+            ids = _random_bits(192)
+        trace_id = ids >> 64
         if how == _OFF or trace_id & _RATIO_MASK >= self._bound:
-            return _traceparent(trace_id, _random_bits(64) or 1, 0), 0
+            text = ids.to_bytes(24, "big").hex()
+            return f"00-{text[:32]}-{text[32:]}-00", 0
         return None, trace_id
 
     def unsampled_headers(self, carrier: Mapping[str, str]) -> dict[str, str] | None:

@@ -192,8 +192,8 @@ class Ingest:
         with no span, only the ``traceparent`` its entries carry, and no coroutine more
         than with tracing off."""
         unsampled = None
+        clen = request.content_length  # validated by aiohttp's parser: digits only
         if self.tracing.enabled and not in_span:
-            clen = request.content_length
             trace_id = 0
             if clen is not None and clen <= self.config.inline_limit:  # no upload span to come
                 unsampled, trace_id = self.tracing.unsampled_root(request.headers)
@@ -226,7 +226,6 @@ class Ingest:
                 409, "endpoint_disabled", f"endpoint {endpoint.id} is disabled: {disabled}"
             )
         headers = forwarded_headers(request, endpoint)
-        clen = request.content_length
         refused = self._refused_headers(headers) or self._refused_length(clen)
         if refused is not None:
             return refused
