@@ -389,9 +389,16 @@ _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 
 
+# Two hex digits of a byte: a list index is 35 ns, f"{flags:02x}" 240 ns.
+_HEX2: Final = [f"{n:02x}" for n in range(256)]
+
+
 def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
     # bytes.hex: a third of the time of f"{trace_id:032x}" for numbers this wide
-    return f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
+    return (
+        f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-"
+        + _HEX2[flags]
+    )
 
 
 def has_baggage() -> bool:
@@ -640,21 +647,20 @@ class Tracing:
             self.propagator.inject(carrier, trace.set_span_in_context(span))
             return
         trace_id, span_id, flags, state = _ids(span)
-        carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
+        trace_hex, span_hex = trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex()
+        carrier["traceparent"] = f"00-{trace_hex}-{span_hex}-{_HEX2[flags]}"
         if state:
             carrier["tracestate"] = state.to_header()
-        parent = span._parent if isinstance(span, _Span) else None
+        parent = span._parent if type(span) is _Span else None
         if parent is None:
             parent_id = 0
+        elif type(parent) is _Span or isinstance(parent, _Own):
+            parent_id = parent._span_id
         else:
-            if type(parent) is _Span or isinstance(parent, _Own):
-                parent_id = parent._span_id
-            else:
-                parent_id = parent.span_id
+            parent_id = parent.span_id
         jaeger_flags = flags | 2 if flags & 1 else flags  # Jaeger's "debug" bit, as its propagator
         carrier["uber-trace-id"] = (
-            f"{trace_id.to_bytes(16, 'big').hex()}:{span_id.to_bytes(8, 'big').hex()}:"
-            f"{parent_id.to_bytes(8, 'big').hex()}:{jaeger_flags:02x}"
+            f"{trace_hex}:{span_hex}:{parent_id.to_bytes(8, 'big').hex()}:{_HEX2[jaeger_flags]}"
         )
 
     @staticmethod
