@@ -216,7 +216,7 @@ class Ingest:
                 )
             return self.refuse(401, "unknown_key", "no endpoint or source has this key")
         if isinstance(found, Source):
-            return await self._fan_out(request, found, unsampled)
+            return await self._fan_out(request, found, clen, unsampled)
         endpoint = found
         if endpoint.paused:
             return self.refuse(409, "endpoint_paused", f"endpoint {endpoint.id} is paused")
@@ -255,7 +255,7 @@ class Ingest:
         return await self._enqueue(endpoint, headers, wid, read, idem_key, unsampled)
 
     async def _fan_out(
-        self, request: web.Request, source: Source, unsampled: str | None
+        self, request: web.Request, source: Source, clen: int | None, unsampled: str | None
     ) -> web.Response:
         """A source's event: queued for every subscribed endpoint whose filter matches its
         type, all or none (:meth:`hookline.store.queue.Queue.fan_out`)."""
@@ -282,7 +282,6 @@ class Ingest:
             if refused is not None:
                 return refused
             headers.append((endpoint, forwarded))
-        clen = request.content_length
         refused = self._refused_length(clen)
         if refused is not None:
             return refused
