@@ -1,7 +1,8 @@
-"""Helpers the standalone bench scripts share (bench/gcs.py, bench/tracing.py)."""
+"""Helpers the bench scripts share (run.py, scale.py, gcs.py, tracing.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -12,6 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hookline.config import Config
+from hookline.models import Webhook, new_id
+from hookline.store import Store
 
 # Pin the process under test and its load generator to different cores when there are two.
 PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
@@ -44,6 +49,40 @@ def wait_until(
 
 
 SUT_CPU, LOAD_CPU = "0", "1"  # the process under test / everything else
+BODY_BYTES = 1024  # the webhooks' body, as bench/loadgen.lua sends it by default
+
+
+def body(size: int = BODY_BYTES) -> bytes:
+    """A JSON body of exactly ``size`` bytes, the same one every generator sends."""
+    return b'{"type":"bench","pad":"' + b"x" * (size - 25) + b'"}'
+
+
+async def preload(redis_url: str, prefix: str, count: int, endpoints: tuple[str, ...]) -> None:
+    """Enqueue ``count`` webhooks of :func:`body` in the pool ``default``, taking
+    ``endpoints`` in turn, 5,000 at a time, as the receiver would write them."""
+    store = Store.connect(Config(redis_url=redis_url, prefix=prefix))
+    payload = body()
+    headers = {"content-type": "application/json", "x-event-type": "bench"}
+    try:
+        for start in range(0, count, 5000):
+            await asyncio.gather(
+                *(
+                    store.queue.enqueue(
+                        "default",
+                        Webhook(
+                            id=new_id(),
+                            endpoint=endpoints[i % len(endpoints)],
+                            headers=headers,
+                            body=payload,
+                            size=len(payload),
+                            created_ms=int(time.time() * 1000),
+                        ),
+                    )
+                    for i in range(start, min(start + 5000, count))
+                )
+            )
+    finally:
+        await store.aclose()
 
 
 class Backends:

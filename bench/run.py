@@ -66,7 +66,15 @@ from typing import Any, NamedTuple
 
 import redis
 
-from common import LOAD_CPU, PINNED, SUT_CPU, free_port  # bench/ is the script's folder
+from common import (  # bench/ is the script's folder
+    BODY_BYTES,
+    LOAD_CPU,
+    PINNED,
+    SUT_CPU,
+    body,
+    free_port,
+    preload,
+)
 from common import wait_until as _wait_until
 from hookline.config import Config
 from hookline.config import load as load_config
@@ -87,7 +95,6 @@ EXTRA_SCRIPTS = ["bench/gcs.py", "bench/tracing.py", "bench/scale.py"]
 PREFIX = "bench"
 ENDPOINT = "bench/sink"
 HANGING = "bench/hang"  # the isolation figure's endpoint that answers late
-BODY_BYTES = 1024
 CONNECTIONS = 64
 FANOUT_WIDTHS = (1, 10, 100)  # subscribers of the fan-out figures' sources
 FANOUT_DELIVERY_WIDTH = 10
@@ -125,11 +132,6 @@ def log(message: str) -> None:
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
-
-
-def body(size: int = BODY_BYTES) -> bytes:
-    """A JSON body of exactly ``size`` bytes, the same one every generator sends."""
-    return b'{"type":"bench","pad":"' + b"x" * (size - 25) + b'"}'
 
 
 class Procs:
@@ -455,33 +457,6 @@ class Bench:
         stats["sink_cpu"] = cpu / seconds if seconds > 0 else 0.0
         return stats
 
-    async def _preload(self, count: int, endpoints: tuple[str, ...] = (ENDPOINT,)) -> None:
-        """Enqueue ``count`` webhooks, taking ``endpoints`` in turn."""
-        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
-        queue = store.queue
-        payload = body()
-        headers = {"content-type": "application/json", "x-event-type": "bench"}
-        try:
-            for start in range(0, count, 5000):
-                await asyncio.gather(
-                    *(
-                        queue.enqueue(
-                            "default",
-                            Webhook(
-                                id=new_id(),
-                                endpoint=endpoints[i % len(endpoints)],
-                                headers=headers,
-                                body=payload,
-                                size=len(payload),
-                                created_ms=int(time.time() * 1000),
-                            ),
-                        )
-                        for i in range(start, min(start + 5000, count))
-                    )
-                )
-        finally:
-            await store.aclose()
-
     def drain(self, dispatcher: subprocess.Popen[str], count: int, timeout: float = 180) -> Drain:
         """Wait until the stream is empty; what the dispatcher and Redis used while it drained
         (from the first entries taken on: start-up is not counted)."""
@@ -515,7 +490,7 @@ class Bench:
                 cpu_us, redis_figures = posted["cpu_seconds"] / count * 1e6, {}
             else:
                 self.clear_queue()
-                asyncio.run(self._preload(count, self.spread))
+                asyncio.run(preload(self.redis_url, PREFIX, count, self.spread))
                 proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
                 try:
                     with self.profiled(proc, "delivery-hookline", 6, after=2):
@@ -565,7 +540,7 @@ class Bench:
         late = self.sink(hang=self.args.hang) if hanging else None
         try:
             endpoints = (ENDPOINT, HANGING) if hanging else (ENDPOINT,)
-            asyncio.run(self._preload(count * len(endpoints), endpoints))
+            asyncio.run(preload(self.redis_url, PREFIX, count * len(endpoints), endpoints))
             proc = self.hookline("dispatcher", SUT_CPU, HOOKLINE_DISPATCHER_PORT="0")
             try:
                 with self.profiled(proc, f"isolation-{len(endpoints)}", 6, after=2):

@@ -66,9 +66,18 @@ from typing import Any
 
 import redis
 
-from common import LOAD_CPU, PINNED, Backends, free_port, pinned, wait_until
+from common import (
+    BODY_BYTES,
+    LOAD_CPU,
+    PINNED,
+    Backends,
+    free_port,
+    pinned,
+    preload,
+    wait_until,
+)
 from hookline.config import Config
-from hookline.models import SigningSecret, Webhook, endpoint_from_spec, new_id
+from hookline.models import SigningSecret, endpoint_from_spec
 from hookline.signing import new_key, new_secret
 from hookline.store import Store
 from scale_plot import svg
@@ -77,7 +86,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "benchscale"
 ENDPOINT = "bench/scale-sink"
 POOL = "default"
-BODY_BYTES = 1024
 CONNECTIONS = 64
 CORES = os.cpu_count() or 1
 RATES = (1_000, 10_000, 100_000)  # webhooks/s sustained, the plan's rows
@@ -104,11 +112,6 @@ def log(msg: str) -> None:
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
-
-
-def body() -> bytes:
-    """A JSON body of exactly BODY_BYTES bytes, as bench/loadgen.lua sends."""
-    return b'{"type":"bench","pad":"' + b"x" * (BODY_BYTES - 25) + b'"}'
 
 
 def cpu_seconds(pid: int) -> float:
@@ -276,31 +279,6 @@ class Rig(Backends):
 
     # -- the dispatchers
 
-    async def preload(self, count: int) -> None:
-        store = Store.connect(Config(redis_url=self.redis_url, prefix=PREFIX))
-        payload = body()
-        headers = {"content-type": "application/json", "x-event-type": "bench"}
-        try:
-            for start in range(0, count, 5000):
-                await asyncio.gather(
-                    *(
-                        store.queue.enqueue(
-                            POOL,
-                            Webhook(
-                                id=new_id(),
-                                endpoint=ENDPOINT,
-                                headers=headers,
-                                body=payload,
-                                size=len(payload),
-                                created_ms=int(time.time() * 1000),
-                            ),
-                        )
-                        for _ in range(start, min(start + 5000, count))
-                    )
-                )
-        finally:
-            await store.aclose()
-
     def consumers(self) -> int:
         self.own["xinfo|consumers"] += 1
         try:
@@ -324,7 +302,7 @@ class Rig(Backends):
         """``count`` webhooks preloaded, then drained by ``k`` dispatchers started together
         (the scheduler places them); measured from the moment all k have read to 90 %."""
         self.clear()
-        asyncio.run(self.preload(count))
+        asyncio.run(preload(self.redis_url, PREFIX, count, (ENDPOINT,)))
         argv = [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING", "dispatcher"]
         procs = [self.spawn(argv, f"dispatcher-{k}-{i}", self.env()) for i in range(k)]
         try:
