@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -167,6 +168,17 @@ async def secret_value(cluster: ControlPlane, name: str, namespace: str, key: st
         "get", "secret", name, "-n", namespace, "-o", f"jsonpath={{.data.{key}}}"
     )
     return base64.b64decode(done.stdout).decode()
+
+
+def refusals(op: OperatorProcess) -> list[str]:
+    """The operator log's lines that say the API server refused it: a status 403 or
+    "Forbidden" -- not a port number such as 40385, nor the milliseconds of a line's time
+    stamp ("13:41:26,403"), so only the message after the stamp is searched."""
+    return [
+        ln
+        for ln in op.log.read_text().splitlines()
+        if re.search(r"\b403\b|[Ff]orbidden", ln.split(" ", 2)[-1])
+    ]
 
 
 def metrics(op: OperatorProcess) -> Samples:

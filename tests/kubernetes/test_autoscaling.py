@@ -20,7 +20,7 @@ from hookline.models import Webhook, endpoint_from_spec, new_id
 from hookline.store import Figures, Queue, Store
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess
 from tests.kubernetes.conftest import operator_env
-from tests.kubernetes.helpers import apply, dispatcher_doc, metrics, sample
+from tests.kubernetes.helpers import apply, dispatcher_doc, metrics, refusals, sample
 from tests.peers import REPO, RedisServer, eventually
 from tests.stack import stack_config
 
@@ -431,5 +431,5 @@ async def test_scaler_works_with_only_its_rbac_permissions(
         assert await events(cluster, namespace, "scoped", "ScaledUp")
     finally:
         op.stop()
-    denied = [ln for ln in op.log.read_text().splitlines() if "403" in ln or "orbidden" in ln]
+    denied = refusals(op)
     assert denied == [], "\n".join(denied)

@@ -10,7 +10,14 @@ from hookline.config import Config
 from hookline.store import Registry
 from tests.kubernetes.cluster import ControlPlane, OperatorProcess, manifest
 from tests.kubernetes.conftest import operator_env
-from tests.kubernetes.helpers import apply, condition, endpoint_doc, registered, until_status
+from tests.kubernetes.helpers import (
+    apply,
+    condition,
+    endpoint_doc,
+    refusals,
+    registered,
+    until_status,
+)
 from tests.peers import REPO, eventually
 
 OPERATOR = REPO / "operator"
@@ -67,7 +74,7 @@ async def test_operator_works_with_only_its_rbac_permissions(
         assert await registry.get(ep.id) is None
     finally:
         op.stop()
-    denied = [ln for ln in op.log.read_text().splitlines() if "403" in ln or "orbidden" in ln]
+    denied = refusals(op)
     assert denied == [], "\n".join(denied)
 
 

@@ -41,6 +41,7 @@ from tests.kubernetes.helpers import (
     apply,
     condition,
     endpoint_doc,
+    refusals,
     registered,
     secret_value,
     until_status,
@@ -803,13 +804,7 @@ async def test_operator_does_its_job_with_the_chart_service_account(
         assert await registry.get(ep.id) is None
     finally:
         op.stop()
-    # A status 403 or "Forbidden", not a port number such as 40323, nor the milliseconds of
-    # a line's time stamp ("13:41:26,403"): only the message after it is searched.
-    denied = [
-        ln
-        for ln in op.log.read_text().splitlines()
-        if re.search(r"\b403\b|[Ff]orbidden", ln.split(" ", 2)[-1])
-    ]
+    denied = refusals(op)
     assert denied == [], "\n".join(denied)
 
 
