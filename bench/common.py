@@ -57,9 +57,11 @@ def body(size: int = BODY_BYTES) -> bytes:
     return b'{"type":"bench","pad":"' + b"x" * (size - 25) + b'"}'
 
 
-async def preload(redis_url: str, prefix: str, count: int, endpoints: tuple[str, ...]) -> None:
-    """Enqueue ``count`` webhooks of :func:`body` in the pool ``default``, taking
-    ``endpoints`` in turn, 5,000 at a time, as the receiver would write them."""
+async def preload(
+    redis_url: str, prefix: str, count: int, endpoints: tuple[str, ...], pool: str = "default"
+) -> None:
+    """Enqueue ``count`` webhooks of :func:`body` in ``pool``, taking ``endpoints`` in turn,
+    5,000 at a time, as the receiver would write them."""
     store = Store.connect(Config(redis_url=redis_url, prefix=prefix))
     payload = body()
     headers = {"content-type": "application/json", "x-event-type": "bench"}
@@ -68,7 +70,7 @@ async def preload(redis_url: str, prefix: str, count: int, endpoints: tuple[str,
             await asyncio.gather(
                 *(
                     store.queue.enqueue(
-                        "default",
+                        pool,
                         Webhook(
                             id=new_id(),
                             endpoint=endpoints[i % len(endpoints)],

@@ -302,7 +302,7 @@ class Rig(Backends):
         """``count`` webhooks preloaded, then drained by ``k`` dispatchers started together
         (the scheduler places them); measured from the moment all k have read to 90 %."""
         self.clear()
-        asyncio.run(preload(self.redis_url, PREFIX, count, (ENDPOINT,)))
+        asyncio.run(preload(self.redis_url, PREFIX, count, (ENDPOINT,), POOL))
         argv = [sys.executable, "-m", "hookline.cli", "--log-level", "WARNING", "dispatcher"]
         procs = [self.spawn(argv, f"dispatcher-{k}-{i}", self.env()) for i in range(k)]
         try:
